@@ -1,0 +1,104 @@
+"""Guidance math for every condiff pipeline: the single place where the formulas live.
+
+This file is part of the Hub-loadable pipeline code, so it imports only torch (no condiff, no diffusers).
+We do not use `diffusers.guiders` here: their API is built around modular-pipeline block states, and we
+need to skip the unneeded branch at scales 0 and 1 and count network evaluations, which they do not expose.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+Condition = Any  # a tensor, a dict of tensors, or None; see `concat_conditions`
+
+
+def cfg_combine(
+    uncond: torch.Tensor, cond: torch.Tensor, guidance_scale: float, guidance_rescale: float = 0.0
+) -> torch.Tensor:
+    """Classifier-free guidance: uncond + w * (cond - uncond) (Ho & Salimans 2022), optionally rescaled.
+
+    w = 0 gives the unconditional prediction, w = 1 the conditional one. Works for eps, v and x0 outputs.
+    """
+    guided = uncond + guidance_scale * (cond - uncond)
+    if guidance_rescale > 0:
+        guided = rescale_guided(guided, cond, guidance_rescale)
+    return guided
+
+
+def rescale_guided(guided: torch.Tensor, cond: torch.Tensor, guidance_rescale: float) -> torch.Tensor:
+    """Guidance rescale (Lin et al. 2023, eq. 15-16): match the per-sample std of the conditional prediction."""
+    dims = tuple(range(1, guided.ndim))
+    std_cond = cond.std(dim=dims, keepdim=True)
+    std_guided = guided.std(dim=dims, keepdim=True).clamp_min(1e-12)
+    rescaled = guided * (std_cond / std_guided)
+    return guidance_rescale * rescaled + (1.0 - guidance_rescale) * guided
+
+
+def in_guidance_interval(timestep: torch.Tensor | float, num_train_timesteps: int, interval: tuple) -> bool:
+    """Whether guidance applies at `timestep` (Kynkaanniemi et al. 2024).
+
+    `interval` = (lo, hi) as fractions of the training noise range: guidance is applied where
+    lo <= t / num_train_timesteps <= hi; (0, 1) means every step.
+    """
+    lo, hi = interval
+    if lo <= 0.0 and hi >= 1.0:
+        return True
+    frac = float(timestep) / num_train_timesteps
+    return lo <= frac <= hi
+
+
+def concat_conditions(a: Condition, b: Condition) -> Condition:
+    """Stack two conditions along the batch axis (tensors, dicts of tensors, or None)."""
+    if a is None:
+        return None
+    if isinstance(a, torch.Tensor):
+        return torch.cat([a, b])
+    if isinstance(a, dict):
+        return {k: concat_conditions(a[k], b[k]) for k in a}
+    raise TypeError(f"cannot batch conditions of type {type(a).__name__}")
+
+
+def guided_prediction(
+    model: Callable[[torch.Tensor, Condition], torch.Tensor],
+    sample: torch.Tensor,
+    cond: Condition,
+    uncond: Condition,
+    guidance_scale: float,
+    guidance_rescale: float = 0.0,
+) -> tuple[torch.Tensor, int]:
+    """Run `model(sample, condition)` with classifier-free guidance; return (prediction, network rows used).
+
+    At scale 0 only the unconditional branch runs, at scale 1 only the conditional one; otherwise both run as
+    one batched forward pass of 2N rows.
+    """
+    n = sample.shape[0]
+    if guidance_scale == 0:
+        return model(sample, uncond), n
+    if guidance_scale == 1:
+        return model(sample, cond), n
+    both = model(torch.cat([sample, sample]), concat_conditions(cond, uncond))
+    pred_cond, pred_uncond = both.chunk(2)
+    return cfg_combine(pred_uncond, pred_cond, guidance_scale, guidance_rescale), 2 * n
+
+
+def check_guidance_arguments(guidance_scale: float, guidance_rescale: float, guidance_interval: tuple) -> None:
+    """Raise a ValueError naming the argument when a guidance setting is out of range."""
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
+        raise TypeError(f"guidance_scale must be a real number >= 0, got {type(guidance_scale).__name__}")
+    if not math.isfinite(guidance_scale) or guidance_scale < 0:
+        raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
+    if isinstance(guidance_rescale, bool) or not isinstance(guidance_rescale, (int, float)):
+        raise TypeError(f"guidance_rescale must be a number in [0, 1], got {type(guidance_rescale).__name__}")
+    if not 0.0 <= guidance_rescale <= 1.0:
+        raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale}")
+    if (
+        not isinstance(guidance_interval, (tuple, list))
+        or len(guidance_interval) != 2
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in guidance_interval)
+        or not 0.0 <= guidance_interval[0] <= guidance_interval[1] <= 1.0
+    ):
+        raise ValueError(f"guidance_interval must be a pair (lo, hi) with 0 <= lo <= hi <= 1, got {guidance_interval}")
