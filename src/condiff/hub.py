@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import shutil
-import sys
 from importlib import resources
 from pathlib import Path
 
@@ -24,10 +22,6 @@ class HubUploadError(RuntimeError):
 
 def model_card_template() -> Path:
     return Path(str(resources.files("condiff.model_cards") / "class_conditional.md"))
-
-
-def training_command() -> str:
-    return "accelerate launch scripts/train_cfg.py " + shlex.join(sys.argv[1:])
 
 
 def write_model_card(
@@ -73,7 +67,7 @@ def write_model_card(
         num_train_timesteps=args.num_train_timesteps,
         sampler=pipe["scheduler"][1],
         training_summary="\n".join(f"- {k}: {v}" for k, v in summary.items()),
-        command=command or training_command(),
+        command=command or "(not recorded)",
         evaluation=evaluation or "Not evaluated yet: run `condiff evaluate --model <this folder>`.",
     )
     path = folder / "README.md"

@@ -97,6 +97,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def command_line(args: argparse.Namespace) -> str:
+    """The `accelerate launch` command that reproduces `args` (flags that differ from their defaults)."""
+    import shlex
+
+    parts = ["accelerate", "launch", "scripts/train_cfg.py", "--output_dir", str(args.output_dir)]
+    for action in build_parser()._actions:
+        if not action.option_strings or action.dest in ("help", "output_dir", "hub_token"):
+            continue
+        value = getattr(args, action.dest, action.default)
+        if value == action.default:
+            continue
+        flag = action.option_strings[0]
+        if isinstance(action, argparse.BooleanOptionalAction):
+            parts.append(flag if value else "--no-" + flag[2:])
+        elif action.nargs == 0:
+            parts.append(flag)
+        else:
+            parts += [flag, *(str(v) for v in (value if isinstance(value, list) else [value]))]
+    return shlex.join(parts)
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Reject bad arguments with a message naming the flag, before any data or model work."""
 
@@ -163,6 +184,23 @@ def drop_labels(labels: torch.Tensor, null_class: int, p_uncond: float) -> torch
     return torch.where(drop, torch.full_like(labels, null_class), labels)
 
 
+@torch.no_grad()
+def denoising_loss(unet, scheduler, clean: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> float:
+    """The training objective on a fixed batch with fixed noise and timesteps (for before/after comparisons)."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(clean.shape, generator=g)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],), generator=g)
+    noisy = scheduler.add_noise(clean, noise, timesteps)
+    pred = unet(noisy, timesteps, class_labels=labels).sample
+    return F.mse_loss(pred, diffusion_target(scheduler, clean, noise, timesteps)).item()
+
+
+def parameter_checksums(accelerator: Accelerator, model: torch.nn.Module) -> list[float]:
+    """Sum of all parameters on every rank (gathered); data-parallel ranks must agree."""
+    local = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+    return accelerator.gather(local.to(accelerator.device)).tolist()
+
+
 def make_collate(image_column: str, label_column: str, resolution: int, channels: int):
     def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
         images = pil_to_model_tensor([r[image_column] for r in rows], resolution, channels)
@@ -192,7 +230,10 @@ def train(args: argparse.Namespace) -> Path:
     """Run training; return the folder of the saved pipeline."""
     check_args(args)
     output_dir = Path(args.output_dir)
+    # Accelerate only picks gloo data parallelism on CPU when told to; torchrun on a CPU-only machine needs it.
+    cpu_only_distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
     accelerator = Accelerator(
+        cpu=cpu_only_distributed,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
@@ -330,7 +371,7 @@ def train(args: argparse.Namespace) -> Path:
             accelerator.log(logs, step=global_step)
 
             if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+                save_checkpoint(accelerator, unet, output_dir, global_step, args.checkpoints_total_limit)
             if global_step % args.validation_steps == 0 and accelerator.is_main_process:
                 run_validation(accelerator, unet, ema, noise_scheduler, data, args, global_step)
             if global_step >= max_train_steps:
@@ -340,6 +381,7 @@ def train(args: argparse.Namespace) -> Path:
     progress.close()
     accelerator.wait_for_everyone()
     train_seconds = time.perf_counter() - start
+    checksums = parameter_checksums(accelerator, accelerator.unwrap_model(unet))
 
     pipeline_dir = output_dir
     if accelerator.is_main_process:
@@ -359,13 +401,16 @@ def train(args: argparse.Namespace) -> Path:
             "train_seconds_this_run": round(train_seconds, 1),
             "images_per_second": round(images_seen * accelerator.num_processes / max(train_seconds, 1e-9), 1),
             "num_processes": accelerator.num_processes,
+            "rank_parameter_checksums": checksums,
             "final_loss": logs["loss"] if global_step else None,
         }
         (output_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
         (output_dir / "training_args.json").write_text(json.dumps(vars(args), indent=2))
         from condiff.hub import write_model_card
 
-        write_model_card(pipeline_dir, args, dataset_description(args), summary, sample_grid=grid_path)
+        write_model_card(
+            pipeline_dir, args, dataset_description(args), summary, sample_grid=grid_path, command=command_line(args)
+        )
         accelerator.print(f"Saved the pipeline to {pipeline_dir} ({json.dumps(summary)})")
     accelerator.end_training()
     if args.push_to_hub and accelerator.is_main_process:
@@ -383,9 +428,12 @@ def dataset_description(args: argparse.Namespace) -> str:
     return "mnist-10k (9,000-image train split vendored in condiff)"
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, total_limit: int | None) -> None:
+def save_checkpoint(accelerator: Accelerator, unet, output_dir: Path, step: int, total_limit: int | None) -> None:
     """Accelerate state (model, optimizer, LR schedule, EMA, RNG) to output_dir/checkpoint-<step>."""
     path = output_dir / f"checkpoint-{step}"
+    checksums = parameter_checksums(accelerator, unet)
+    if max(checksums) - min(checksums) > 1e-6 * max(1.0, abs(checksums[0])):
+        raise RuntimeError(f"data-parallel ranks are out of sync at step {step}: parameter sums {checksums}")
     accelerator.save_state(str(path))
     if accelerator.is_main_process:
         prune_checkpoints(output_dir, total_limit)
@@ -426,8 +474,10 @@ def run_validation(accelerator, unet, ema, noise_scheduler, data, args, step: in
 
 
 def main(argv: list[str] | None = None) -> None:
+    from condiff.hub import HubUploadError
+
     args = build_parser().parse_args(argv)
     try:
         train(args)
-    except ValueError as err:
+    except (ValueError, HubUploadError) as err:
         raise SystemExit(f"error: {err}") from err

@@ -1,0 +1,302 @@
+"""Sample-quality metrics (DESIGN.md section 6): conditional accuracy and the Frechet distance of evaluator
+features against the MNIST test split, with the real-vs-real floor (train rows vs test rows) beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+import weakref
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import linalg
+
+from .data import load_mnist_arrays, uint8_to_model_tensor
+from .evaluator import MnistClassifier, load_evaluator
+
+__all__ = [
+    "frechet_distance",
+    "classifier_features_and_logits",
+    "conditional_accuracy",
+    "real_features",
+    "real_vs_real_floor",
+    "matched_floor",
+    "default_classifier",
+    "evaluate_images",
+    "evaluate_pipeline",
+]
+
+
+@contextlib.contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    """Run BLAS on one thread: for 128 x 128 matrices threads only add contention (a shared 2-core machine
+    after torch work made `sqrtm` 50x slower). threadpoolctl is optional."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets [N, D] and [M, D] (float64).
+
+    ||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)), with unbiased covariances.
+    """
+    a = np.asarray(feats_a, dtype=np.float64)
+    b = np.asarray(feats_b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"feats_a and feats_b must be [N, D] with the same D, got {a.shape} and {b.shape}")
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"need at least 2 rows per set to estimate a covariance, got {len(a)} and {len(b)}")
+    with _single_threaded_blas():
+        return _frechet_distance(a, b)
+
+
+def _frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(cov_a @ cov_b)
+    if caught or not np.isfinite(covmean).all():
+        # Singular product (e.g. constant features): regularise both covariances slightly (pytorch-fid).
+        offset = np.eye(a.shape[1]) * 1e-6
+        covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    if np.iscomplexobj(covmean):
+        imag = np.abs(covmean.imag).max()
+        if imag > 1e-3 * max(1.0, np.abs(covmean.real).max()):
+            raise ValueError(f"matrix square root has a large imaginary component ({imag:.3g})")
+        covmean = covmean.real
+    diff = mu_a - mu_b
+    fd = float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean))
+    return max(fd, 0.0)  # round-off can give tiny negatives for (near-)identical sets
+
+
+@torch.inference_mode()
+def classifier_features_and_logits(
+    classifier: MnistClassifier, images: torch.Tensor, batch_size: int = 500
+) -> tuple[np.ndarray, np.ndarray]:
+    """Penultimate features [N, D] and logits [N, K] (float32 numpy) of images [N, 1, 28, 28] in [-1, 1].
+
+    Runs in batches on the classifier's device; the classifier is put in eval mode.
+    """
+    classifier.eval()
+    device = next(classifier.parameters()).device
+    feats, logits = [], []
+    for i in range(0, len(images), batch_size):
+        xb = torch.as_tensor(images[i : i + batch_size]).to(device=device, dtype=torch.float32)
+        f, lg = classifier.features_and_logits(xb)
+        feats.append(f.float().cpu().numpy())
+        logits.append(lg.float().cpu().numpy())
+    if not feats:
+        raise ValueError("images is empty")
+    return np.concatenate(feats), np.concatenate(logits)
+
+
+def conditional_accuracy(
+    logits_or_preds: np.ndarray | torch.Tensor, labels: Sequence[int] | np.ndarray | torch.Tensor
+) -> float:
+    """Fraction of rows whose prediction equals the requested label.
+
+    `logits_or_preds` is logits [N, K] (argmax is taken) or predicted class ids [N].
+    """
+    pred = np.asarray(logits_or_preds.detach().cpu() if torch.is_tensor(logits_or_preds) else logits_or_preds)
+    if pred.ndim == 2:
+        pred = pred.argmax(1)
+    lab = np.asarray(labels.detach().cpu() if torch.is_tensor(labels) else labels).reshape(-1)
+    if pred.shape != lab.shape:
+        raise ValueError(f"labels has {lab.shape[0]} entries but there are {pred.shape[0]} predictions")
+    if len(lab) == 0:
+        raise ValueError("labels is empty")
+    return float((pred == lab).mean())
+
+
+@lru_cache(maxsize=1)
+def default_classifier() -> MnistClassifier:
+    """The shipped evaluator on CPU, loaded once per process."""
+    return load_evaluator()
+
+
+# classifier -> {split: (features, logits)}; weak keys, so a dropped classifier releases its cache.
+_REAL_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_FLOOR_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_MATCHED_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _real_outputs(split: str, classifier: MnistClassifier) -> tuple[np.ndarray, np.ndarray]:
+    per_split = _REAL_CACHE.setdefault(classifier, {})
+    if split not in per_split:
+        images, _labels = load_mnist_arrays(split)
+        per_split[split] = classifier_features_and_logits(classifier, uint8_to_model_tensor(images))
+    return per_split[split]
+
+
+def real_features(split: str, classifier: MnistClassifier | None = None) -> np.ndarray:
+    """Evaluator features [N, D] of the vendored MNIST split, computed once per (split, classifier) object.
+
+    The cache assumes the classifier's weights do not change afterwards.
+    """
+    return _real_outputs(split, classifier if classifier is not None else default_classifier())[0]
+
+
+def real_vs_real_floor(classifier: MnistClassifier | None = None) -> float:
+    """Frechet distance of train-split features vs test-split features: what real data scores (cached)."""
+    classifier = classifier if classifier is not None else default_classifier()
+    if classifier not in _FLOOR_CACHE:
+        train, test = real_features("train", classifier), real_features("test", classifier)
+        _FLOOR_CACHE[classifier] = frechet_distance(train, test)
+    return _FLOOR_CACHE[classifier]
+
+
+def matched_floor(num_samples: int, classifier: MnistClassifier | None = None, repeats: int = 5) -> float:
+    """Real-vs-real Frechet distance at a matched sample size: random `num_samples`-row subsets of the train
+    split vs the full test split, averaged over `repeats` seeded draws (cached).
+
+    The Frechet distance is biased upwards by small samples, so a set of N generated images should be read
+    against this floor at N rather than only against the all-train-rows `real_vs_real_floor`.
+    """
+    classifier = classifier if classifier is not None else default_classifier()
+    train = real_features("train", classifier)
+    n = min(int(num_samples), len(train))
+    if n < 2:
+        raise ValueError(f"num_samples must be >= 2, got {num_samples}")
+    per_classifier = _MATCHED_CACHE.setdefault(classifier, {})
+    if (n, repeats) not in per_classifier:
+        test = real_features("test", classifier)
+        if n == len(train):
+            value = real_vs_real_floor(classifier)
+        else:
+            rng = np.random.default_rng(0)
+            draws = [train[rng.choice(len(train), n, replace=False)] for _ in range(repeats)]
+            value = float(np.mean([frechet_distance(d, test) for d in draws]))
+        per_classifier[(n, repeats)] = value
+    return per_classifier[(n, repeats)]
+
+
+def _to_model_range(images: torch.Tensor | np.ndarray, value_range: tuple[float, float]) -> torch.Tensor:
+    x = torch.as_tensor(images).detach().to("cpu", torch.float32)
+    if x.ndim != 4 or tuple(x.shape[1:]) != (1, 28, 28):
+        raise ValueError(f"images must be [N, 1, 28, 28], got {tuple(x.shape)}")
+    lo, hi = (float(v) for v in value_range)
+    if not hi > lo:
+        raise ValueError(f"value_range must be (low, high) with high > low, got {value_range}")
+    tol = 1e-3 * (hi - lo)
+    x_min, x_max = float(x.min()), float(x.max())
+    if x_min < lo - tol or x_max > hi + tol:
+        raise ValueError(
+            f"images span [{x_min:.3g}, {x_max:.3g}], outside value_range={value_range}; pass the range the "
+            "images are in, e.g. value_range=(-1, 1) for model-space tensors, (0, 1) for output_type='pt'"
+        )
+    return ((x - lo) / (hi - lo) * 2 - 1).clamp_(-1, 1)
+
+
+def evaluate_images(
+    images: torch.Tensor | np.ndarray,
+    labels: Sequence[int] | np.ndarray | torch.Tensor,
+    classifier: MnistClassifier | None = None,
+    value_range: tuple[float, float] = (0, 1),
+) -> dict[str, Any]:
+    """Score images [N, 1, 28, 28] generated for `labels` [N].
+
+    Returns accuracy (conditional accuracy), frechet_distance (vs the test split), floor (all real train
+    rows vs real test rows), fd_ratio (= frechet_distance / floor), floor_matched and fd_ratio_matched (the
+    same with the floor measured on real train subsets of the same size N, see `matched_floor`: real images
+    score fd_ratio_matched ~ 1 while their fd_ratio is ~ 1.5-2 at N = 1000), per_class_accuracy and
+    num_samples. `value_range` is the range the images are given in: (0, 1) for diffusers
+    `output_type="pt"`, (-1, 1) for model space.
+    """
+    classifier = classifier if classifier is not None else default_classifier()
+    lab = np.asarray(labels.detach().cpu() if torch.is_tensor(labels) else labels).reshape(-1)
+    if len(lab) != len(images):
+        raise ValueError(f"labels has {len(lab)} entries but images has {len(images)} rows")
+    if len(lab) < 2:
+        raise ValueError("need at least 2 images for a Frechet distance")
+    x = _to_model_range(images, value_range)
+    feats, logits = classifier_features_and_logits(classifier, x)
+    pred = logits.argmax(1)
+    fd = frechet_distance(feats, real_features("test", classifier))
+    floor = real_vs_real_floor(classifier)
+    floor_matched = matched_floor(len(lab), classifier)
+    per_class = {int(c): float((pred[lab == c] == c).mean()) for c in np.unique(lab)}
+    return {
+        "accuracy": conditional_accuracy(pred, lab),
+        "frechet_distance": fd,
+        "floor": floor,
+        "fd_ratio": fd / floor,
+        "floor_matched": floor_matched,
+        "fd_ratio_matched": fd / floor_matched,
+        "per_class_accuracy": per_class,
+        "num_samples": int(len(lab)),
+    }
+
+
+def evaluate_pipeline(
+    pipe: Any,
+    guidance_scale: float = 3.0,
+    num_per_class: int = 100,
+    num_inference_steps: int | None = None,
+    batch_size: int = 250,
+    seed: int = 0,
+    classifier: MnistClassifier | None = None,
+    num_classes: int = 10,
+    show_progress: bool = False,
+    **call_kwargs: Any,
+) -> dict[str, Any]:
+    """Generate `num_per_class` images of each class 0..num_classes-1 with `pipe` and score them.
+
+    Calls `pipe(label=[...], guidance_scale=..., num_inference_steps=..., generator=
+    torch.Generator().manual_seed(seed + batch_index), output_type="pt", **call_kwargs).images` per batch
+    (labels cycle 0, 1, ..., 9, 0, 1, ... so each batch mixes classes). Returns `evaluate_images`' dict plus
+    guidance_scale, num_inference_steps, sampler, nfe_per_image (from `pipe.last_nfe_per_image`, else None),
+    wall_seconds and images_per_second (generation only, scoring excluded).
+    """
+    if num_per_class < 1 or batch_size < 1:
+        raise ValueError(f"num_per_class and batch_size must be >= 1, got {num_per_class} and {batch_size}")
+    labels = np.tile(np.arange(num_classes), num_per_class)
+    old_bar = dict(getattr(pipe, "_progress_bar_config", {}) or {})
+    if not show_progress and hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(call_kwargs)
+    if num_inference_steps is not None:
+        kwargs["num_inference_steps"] = num_inference_steps
+    chunks, nfe = [], []
+    try:
+        start = time.perf_counter()
+        for batch_index, i in enumerate(range(0, len(labels), batch_size)):
+            out = pipe(
+                label=labels[i : i + batch_size].tolist(),
+                guidance_scale=guidance_scale,
+                generator=torch.Generator().manual_seed(seed + batch_index),
+                output_type="pt",
+                **kwargs,
+            )
+            chunks.append(torch.as_tensor(out.images).detach().to("cpu", torch.float32))
+            nfe.append(getattr(pipe, "last_nfe_per_image", None))
+        wall = time.perf_counter() - start
+    finally:
+        if hasattr(pipe, "_progress_bar_config"):
+            pipe._progress_bar_config = old_bar
+    images = torch.cat(chunks)
+    if images.ndim == 4 and images.shape[-1] == 1 and images.shape[1] != 1:  # channels-last output
+        images = images.permute(0, 3, 1, 2)
+    result = evaluate_images(images, labels, classifier=classifier, value_range=(0, 1))
+    known = [n for n in nfe if n is not None]
+    scheduler = getattr(pipe, "scheduler", None)
+    result.update(
+        guidance_scale=guidance_scale,
+        num_inference_steps=num_inference_steps,
+        sampler=scheduler.__class__.__name__ if scheduler is not None else None,
+        nfe_per_image=float(np.mean(known)) if known else None,
+        wall_seconds=wall,
+        images_per_second=len(labels) / wall,
+        seed=seed,
+    )
+    return result
