@@ -46,6 +46,8 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
         super().__init__()
         if unet.config.num_class_embeds is None or unet.config.num_class_embeds < 2:
             raise ValueError("unet must have num_class_embeds = number of classes + 1 (the null class)")
+        # channels_last convolutions ran ~20% faster on CPU for this UNet (benchmarks/); values are unchanged.
+        unet.to(memory_format=torch.channels_last)
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(id2label=normalize_id2label(id2label))
         self.last_nfe_per_image: float | None = None
