@@ -1,4 +1,5 @@
-"""The `condiff` command: generate digits from the shipped (or any saved) model, evaluate a pipeline."""
+"""The `condiff` command: generate digits from the shipped (or any saved) model, evaluate a pipeline, sweep the
+guidance scale."""
 
 from __future__ import annotations
 
@@ -101,6 +102,12 @@ def evaluate(args: argparse.Namespace) -> dict:
     return result
 
 
+def sweep(args: argparse.Namespace) -> dict:
+    from condiff.sweep import run_from_args
+
+    return run_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="condiff", description="Conditional diffusion models on diffusers.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -128,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--num-per-class", type=int, default=100)
     e.add_argument("--out", default=None, help="write the metrics as JSON here")
     e.set_defaults(func=evaluate)
+
+    from condiff.sweep import add_sweep_arguments
+
+    w = sub.add_parser("sweep", help="guidance sweep: accuracy, Frechet distance, diversity, NFE and speed per scale")
+    add_sweep_arguments(w)
+    w.set_defaults(func=sweep)
     return p
 
 
