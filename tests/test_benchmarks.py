@@ -1,0 +1,197 @@
+"""The benchmark tooling: the textbook reference sampler, FLOP counting and the peak measurement, the bare training
+loop, and the sampler-speed and compute-efficiency benchmarks end to end with tiny settings (well-formed JSON,
+Markdown and PNG)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_pipeline
+from diffusers import DDPMScheduler
+from PIL import Image
+from test_sweep import tiny_mnist_pipeline
+
+from condiff.benchmarking import sampler_main, textbook_sample, textbook_scheduler
+from condiff.efficiency import (
+    bare_training_seconds,
+    compute_main,
+    load_training_tensors,
+    matmul_peak,
+    train_args_for,
+    unet_forward_flops,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_mnist_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-mnist")
+    tiny_mnist_pipeline().save_pretrained(path)
+    return path
+
+
+# --- the textbook sampler -------------------------------------------------------------------------------------------
+
+
+class CountingUNet(torch.nn.Module):
+    """Wraps a UNet and records the class labels of every forward pass."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet, self.calls = unet, []
+
+    @property
+    def config(self):
+        return self.unet.config
+
+    @property
+    def dtype(self):
+        return self.unet.dtype
+
+    def forward(self, x, t, class_labels):
+        self.calls.append(class_labels.tolist())
+        return self.unet(x, t, class_labels=class_labels)
+
+
+def test_textbook_sampler_runs_two_separate_passes_at_every_training_timestep():
+    pipe = tiny_pipeline()  # 50 training timesteps, 3 classes (null class 3)
+    unet = CountingUNet(pipe.unet)
+    images, nfe = textbook_sample(unet, textbook_scheduler(pipe.scheduler.config), [0, 2], 1.0)
+    assert nfe == 100.0 and len(unet.calls) == 100
+    assert unet.calls[0::2] == [[0, 2]] * 50 and unet.calls[1::2] == [[3, 3]] * 50  # never batched together
+    assert images.shape == (2, 1, 8, 8) and 0 <= images.min() and images.max() <= 1
+    unet.calls.clear()
+    textbook_sample(unet, textbook_scheduler(pipe.scheduler.config), [1], 0.0, max_steps=4)
+    assert len(unet.calls) == 8  # max_steps: speed measurements only
+
+
+@pytest.mark.parametrize("scale", [0.0, 1.0, 3.0])
+def test_textbook_sampler_equals_the_pipeline_with_ddpm_at_every_timestep(scale):
+    """Same noise, same DDPM steps, same CFG formula: only the batching of the two branches differs."""
+    pipe = tiny_pipeline()
+    ddpm = textbook_scheduler(pipe.scheduler.config)
+    assert isinstance(ddpm, DDPMScheduler)
+    labels = [0, 1, 2]
+    images, _ = textbook_sample(pipe.unet, ddpm, labels, scale, generator=torch.Generator().manual_seed(7))
+    pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    ref = pipe(
+        label=labels,
+        guidance_scale=scale,
+        num_inference_steps=50,
+        generator=torch.Generator().manual_seed(7),
+        output_type="pt",
+    ).images
+    assert torch.allclose(images, ref, atol=1e-4), (images - ref).abs().max()
+
+
+# --- FLOPs, peak, training loops ---------------------------------------------------------------------------------
+
+
+def test_unet_flops_are_positive_and_linear_in_the_batch():
+    unet = tiny_mnist_pipeline().unet
+    one = unet_forward_flops(unet, 1)
+    assert one > 1e6
+    assert unet_forward_flops(unet, 3) == 3 * one
+
+
+def test_matmul_peak_reports_a_rate():
+    peak = matmul_peak(n=64, reps=2)
+    assert peak["flops_per_matmul"] == 2 * 64**3
+    assert peak["flops_per_second"] >= peak["median_flops_per_second"] > 0
+
+
+def test_train_args_follow_the_pipeline_and_the_bare_loop_runs(tiny_mnist_dir):
+    from condiff import ClassConditionalDDPMPipeline
+
+    pipe = ClassConditionalDDPMPipeline.from_pretrained(tiny_mnist_dir)
+    args = train_args_for(pipe, ["--train_batch_size", "4", "--max_train_samples", "16"])
+    assert args.block_out_channels == [8, 16] and args.norm_num_groups == 4 and args.resolution == 28
+    assert args.num_train_timesteps == 30 and args.report_to == "none" and args.use_ema
+    images, labels, num_classes = load_training_tensors(args)
+    assert images.shape == (16, 1, 28, 28) and labels.shape == (16,) and num_classes == 10
+    assert -1 <= images.min() and images.max() <= 1
+    for extras in (False, True):
+        assert bare_training_seconds(args, 3, (images, labels, num_classes), extras=extras, device="cpu") > 0
+
+
+# --- end to end ---------------------------------------------------------------------------------------------------
+
+
+def _png(path: Path) -> Image.Image:
+    img = Image.open(path)
+    img.load()
+    assert img.width > 100 and img.height > 100
+    return img
+
+
+def test_sampler_benchmark_end_to_end(tiny_mnist_dir, tmp_path):
+    out = tmp_path / "res"
+    argv = ["--model", str(tiny_mnist_dir), "--device", "cpu", "--out-dir", str(out), "--quick"]
+    argv += ["--samplers", "ddim", "euler", "--steps", "2", "3", "--textbook-quality-per-class", "1"]
+    assert sampler_main(argv) == 0
+    report = json.loads((out / "sampler_speed.json").read_text())
+    rows = report["rows"]
+    assert [r["name"] for r in rows] == ["textbook", "default", "ddim 2", "ddim 3", "euler 2", "euler 3"]
+    textbook, default = rows[0], rows[1]
+    assert textbook["nfe_per_image"] == 60.0 and textbook["num_inference_steps"] == 30  # 30 training timesteps
+    assert textbook["speedup_vs_textbook"] == pytest.approx(1.0)
+    assert textbook["num_scored"] == 10 and textbook["quality_run"]["num_images"] == 10
+    assert default["sampler"] == "DPMSolverMultistepScheduler" and default["num_inference_steps"] == 20
+    assert [r["nfe_per_image"] for r in rows[2:]] == [4.0, 6.0, 4.0, 6.0]
+    for r in rows:
+        assert r["images_per_second"] > 0 and r["speedup_vs_textbook"] > 0 and 0 <= r["accuracy"] <= 1
+    for r in rows[1:]:
+        assert r["num_images"] == r["num_scored"] == 20
+    assert report["headline"]["default_speedup_vs_textbook"] == pytest.approx(default["speedup_vs_textbook"])
+    assert report["settings"]["textbook_scheduler"]["_class_name"] == "DDPMScheduler"
+    assert {"platform", "cpu_count", "torch_threads"} <= set(report["machine"])
+    assert "**Headline" in (out / "sampler_speed.md").read_text()
+    _png(out / "sampler_speed.png")
+
+
+def test_compute_benchmark_end_to_end(tiny_mnist_dir, tmp_path):
+    out = tmp_path / "res"
+    argv = ["--model", str(tiny_mnist_dir), "--device", "cpu", "--out-dir", str(out), "--quick"]
+    argv += ["--train-args", "--max_train_samples 64 --train_batch_size 4"]
+    assert compute_main(argv) == 0
+    report = json.loads((out / "compute_efficiency.json").read_text())
+    assert report["flops_per_forward"] > 1e6 and report["peak"]["flops_per_second"] > 0
+    names = [r["name"] for r in report["sampling"]]
+    assert names == ["pipeline, batch 1", "pipeline, batch 8", "textbook, batch 2"]
+    for r in report["sampling"]:
+        assert r["forwards_per_second"] > 0 and 0 < r["fraction_of_peak"]
+        assert r["achieved_flops_per_second"] == pytest.approx(r["forwards_per_second"] * report["flops_per_forward"])
+    training = report["training"]
+    assert [r["name"] for r in training["rows"]] == ["train_cfg.py", "bare", "bare + EMA, clip, LR schedule"]
+    assert training["batch_size"] == 4 and training["num_training_images"] == 64
+    assert training["flops_per_image_forward_backward"] > 2 * report["flops_per_forward"]
+    for r in training["rows"]:
+        assert len(r["seconds_short_long"]) == 1 and all(s > 0 for s in r["seconds_short_long"][0])
+    assert "## Training" in (out / "compute_efficiency.md").read_text()
+    _png(out / "compute_efficiency.png")
+
+
+def test_benchmark_scripts_are_thin_wrappers_with_help():
+    for script in ("benchmarks/guidance_sweep.py", "benchmarks/sampler_speed.py", "benchmarks/compute_efficiency.py"):
+        result = subprocess.run(
+            [sys.executable, str(REPO / script), "--help"], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0 and "--quick" in result.stdout, script
+        assert "results" in result.stdout  # default output folder: benchmarks/results
+
+
+@pytest.mark.skipif(
+    not (REPO / "src/condiff/assets/mnist-cfg/model_index.json").is_file(), reason="shipped model not trained yet"
+)
+def test_sampler_benchmark_runs_on_the_shipped_model(tmp_path):
+    argv = ["--device", "cpu", "--out-dir", str(tmp_path), "--quick", "--samplers", "dpm++2m", "--steps", "5"]
+    argv += ["--textbook-timed-steps", "2"]
+    assert sampler_main(argv) == 0
+    report = json.loads((tmp_path / "sampler_speed.json").read_text())
+    assert report["rows"][0]["extrapolated"] and report["rows"][0]["nfe_per_image"] == 2000.0
