@@ -10,6 +10,8 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData, create_repo, upload_folder
 
+from condiff.checkpoints import atomic_write_text, safetensors_problem
+
 # Files of the Hub-loadable pipeline code, copied next to the weights so that
 # `DiffusionPipeline.from_pretrained(repo, custom_pipeline=repo, trust_remote_code=True)` works without condiff.
 PIPELINE_CODE = {"pipeline.py": "class_conditional.py", "guidance.py": "guidance.py", "labels.py": "labels.py"}
@@ -41,7 +43,7 @@ def write_model_card(
     unet_config = (folder / "unet" / "config.json").read_text()
     unet_cfg = json.loads(unet_config)
     id2label = pipe.get("id2label") or {}
-    num_params = sum(t.numel() for t in _load_unet_tensors(folder))
+    num_params = _count_unet_parameters(folder)
     repo_id = args.hub_model_id or str(folder)
     card_data = ModelCardData(
         library_name="diffusers",
@@ -71,15 +73,22 @@ def write_model_card(
         evaluation=evaluation or "Not evaluated yet: run `condiff evaluate --model <this folder>`.",
     )
     path = folder / "README.md"
-    card.save(path)
+    atomic_write_text(path, str(card))  # what ModelCard.save writes, but never a half-written README in place
     return path
 
 
-def _load_unet_tensors(folder: Path):
+def _count_unet_parameters(folder: Path) -> int:
+    """Parameters in the saved UNet, from the safetensors header only (no tensor is read)."""
+    import math
+
     from safetensors import safe_open
 
-    with safe_open(folder / "unet" / "diffusion_pytorch_model.safetensors", "pt") as f:
-        return [f.get_tensor(k) for k in f.keys()]
+    file = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    problem = safetensors_problem(file)
+    if problem:
+        raise ValueError(problem)
+    with safe_open(str(file), "pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
 
 
 def stage_pipeline_code(folder: str | Path) -> list[Path]:

@@ -1,6 +1,20 @@
 """Train a class-conditional diffusion model with classifier-free guidance (label dropout), with Accelerate.
 
 `scripts/train_cfg.py` is a thin wrapper over `main()`; `accelerate launch` and `torchrun` both work.
+
+Reliability (issue 4):
+- Checkpoints are crash-safe (`condiff.checkpoints`): written under a temporary name, completed with a marker,
+  renamed. `--resume_from_checkpoint latest` uses the newest complete one and skips incomplete or corrupt ones.
+- Resuming is exact: the data order is a function of (seed, epoch) (Accelerate's seedable sampler, plus
+  `skip_first_batches` inside the epoch), the noise, timesteps and label dropout of each batch are a function of
+  (seed, process, epoch, batch), and model, optimizer, LR schedule, EMA and grad scaler come back from the
+  checkpoint. A run killed and resumed ends with the same weights as an uninterrupted one.
+- SIGTERM and SIGINT (Ctrl-C) stop after the current optimizer step with a checkpoint; `main()` then exits with
+  status 0 (SIGTERM) or 130 (SIGINT). A second Ctrl-C stops at once.
+- A NaN or inf loss (or gradient norm) stops training with `NonFiniteLossError` naming the step, leaving the last
+  checkpoint as it is; with `--skip_nonfinite` the optimizer update is skipped instead and counted.
+- Outputs are written to a temporary folder and moved into place file by file: a failed save (disk full, folder
+  no longer writable) raises a clear error and never leaves a partial file in place of a good one.
 """
 
 from __future__ import annotations
@@ -10,21 +24,39 @@ import json
 import logging
 import math
 import os
+import shutil
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from condiff.checkpoints import checkpoint_step, prune_checkpoints, resolve_resume_path
-from condiff.data import load_labelled_images, pil_to_model_tensor
+from condiff.checkpoints import (
+    EMA_FILE,
+    TMP_PIPELINE_PREFIX,
+    CheckpointError,
+    all_ranks_agree,
+    atomic_write_text,
+    clean_stale_temporaries,
+    describe_write_error,
+    load_ema,
+    newest_complete_checkpoint,
+    read_marker,
+    replace_files,
+    resume_candidates,
+    save_checkpoint,
+)
+from condiff.data import BAD_IMAGE_POLICIES, check_images, load_labelled_images, pil_to_model_tensor
 from condiff.models import (
     NOISE_SCHEDULES,
     PREDICTION_TYPES,
@@ -36,6 +68,26 @@ from condiff.pipelines import ClassConditionalDDPMPipeline
 
 logger = get_logger(__name__)
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+MAX_RESOLUTION = 4096
+MAX_IMAGES_PER_CALL = 65536  # the pipeline's limit (pipelines/labels.py)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient norm became NaN or inf; the message names the step and the checkpoint left intact."""
+
+
+class OutputWriteError(RuntimeError):
+    """The trained pipeline or its files could not be written; files already in the output folder are intact."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM or SIGINT stopped training after a checkpoint was saved."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        name = signal.Signals(signum).name
+        where = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint could be saved"
+        super().__init__(f"stopped by {name} at step {step}; {where}. Continue with --resume_from_checkpoint latest.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_train_samples", type=int, default=None, help="use only the first N examples")
     g.add_argument("--resolution", type=int, default=28)
     g.add_argument("--dataloader_num_workers", type=int, default=0)
+    g.add_argument(
+        "--on_bad_image",
+        choices=BAD_IMAGE_POLICIES,
+        default="error",
+        help="undecodable (corrupt, truncated) images: stop with an error naming them (default) or skip and count them",
+    )
     g = p.add_argument_group("model")
     g.add_argument("--block_out_channels", type=int, nargs="+", default=[32, 64, 64])
     g.add_argument("--layers_per_block", type=int, default=1)
@@ -78,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ema_inv_gamma", type=float, default=1.0)
     g.add_argument("--ema_power", type=float, default=0.75)
     g.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
+    g.add_argument(
+        "--skip_nonfinite",
+        action="store_true",
+        help="skip (and count) an optimizer update whose loss or gradient norm is NaN/inf instead of stopping",
+    )
     g.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("outputs")
     g.add_argument("--output_dir", required=True)
@@ -85,7 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--report_to", default="tensorboard", help='"tensorboard", "wandb", "all" or "none"')
     g.add_argument("--checkpointing_steps", type=int, default=500)
     g.add_argument("--checkpoints_total_limit", type=int, default=None)
-    g.add_argument("--resume_from_checkpoint", default=None, help='"latest" or a checkpoint folder')
+    g.add_argument(
+        "--resume_from_checkpoint",
+        default=None,
+        help='"latest" (the newest complete checkpoint; incomplete or corrupt ones are skipped) or a checkpoint folder',
+    )
     g.add_argument("--validation_steps", type=int, default=500, help="sample a grid of every class every N steps")
     g.add_argument("--validation_images_per_class", type=int, default=8)
     g.add_argument("--validation_guidance_scale", type=float, default=3.0)
@@ -119,18 +186,31 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Reject bad arguments with a message naming the flag, before any data or model work."""
+    """Reject bad arguments with a message naming the flag, before any data or model work.
 
-    def positive(name: str, value, allow_none: bool = False) -> None:
+    Works on a parsed namespace as well as on one built in code (wrong types give a ValueError naming the flag).
+    """
+
+    def integer(name: str, low: int = 1, high: int | None = None, allow_none: bool = False) -> None:
+        value = getattr(args, name)
         if value is None and allow_none:
             return
-        if value is None or value < 1:
-            raise ValueError(f"--{name} must be an integer >= 1, got {value}")
+        ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+        if not ok or value < low or (high is not None and value > high):
+            bounds = f">= {low}" if high is None else f"in {low}..{high}"
+            raise ValueError(f"--{name} must be an integer {bounds}, got {value!r}")
 
-    if not 0.0 <= args.p_uncond <= 1.0 or math.isnan(args.p_uncond):
-        raise ValueError(f"--p_uncond must be in [0, 1], got {args.p_uncond}")
+    def real(name: str, low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False) -> None:
+        value = getattr(args, name)
+        ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
+        if ok:
+            ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+        if not ok:
+            lo, hi = ("(" if low_open else "[") + f"{low:g}", f"{high:g}" + (")" if high_open else "]")
+            raise ValueError(f"--{name} must be in {lo}, {hi} (a finite number), got {value!r}")
+
+    real("p_uncond", 0.0, 1.0)
     for name in (
-        "resolution",
         "train_batch_size",
         "num_epochs",
         "gradient_accumulation_steps",
@@ -140,17 +220,38 @@ def check_args(args: argparse.Namespace) -> None:
         "validation_steps",
         "validation_images_per_class",
         "validation_inference_steps",
+        "norm_num_groups",
     ):
-        positive(name, getattr(args, name))
+        integer(name)
+    integer("resolution", 1, MAX_RESOLUTION)
+    integer("validation_images_per_class", 1, MAX_IMAGES_PER_CALL)
+    integer("validation_inference_steps", 1, args.num_train_timesteps)
+    integer("lr_warmup_steps", 0)
+    integer("dataloader_num_workers", 0)
+    integer("seed", 0, 2**32 - 1)
     for name in ("max_train_steps", "checkpoints_total_limit", "max_train_samples"):
-        positive(name, getattr(args, name), allow_none=True)
-    if not (args.learning_rate > 0 and math.isfinite(args.learning_rate)):
-        raise ValueError(f"--learning_rate must be a finite number > 0, got {args.learning_rate}")
-    if any(c < 1 or c % args.norm_num_groups for c in args.block_out_channels):
+        integer(name, allow_none=True)
+    real("learning_rate", 0.0, low_open=True)
+    real("adam_beta1", 0.0, 1.0, high_open=True)
+    real("adam_beta2", 0.0, 1.0, high_open=True)
+    real("adam_weight_decay", 0.0)
+    real("adam_epsilon", 0.0, low_open=True)
+    real("max_grad_norm", 0.0, low_open=True)
+    real("ema_max_decay", 0.0, 1.0)
+    real("ema_inv_gamma", 0.0, low_open=True)
+    real("ema_power", 0.0, low_open=True)
+    real("validation_guidance_scale", 0.0)
+    channels = args.block_out_channels
+    if (
+        not isinstance(channels, (list, tuple))
+        or not channels
+        or any(not isinstance(c, int) or isinstance(c, bool) or c < 1 or c % args.norm_num_groups for c in channels)
+    ):
         raise ValueError(
-            f"--block_out_channels {args.block_out_channels} must be positive multiples of --norm_num_groups "
-            f"({args.norm_num_groups})"
+            f"--block_out_channels {channels} must be positive multiples of --norm_num_groups ({args.norm_num_groups})"
         )
+    if args.on_bad_image not in BAD_IMAGE_POLICIES:
+        raise ValueError(f"--on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {args.on_bad_image!r}")
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id (for example 'your-name/mnist-cfg')")
     check_writable_dir(args.output_dir, "--output_dir")
@@ -178,9 +279,11 @@ def diffusion_target(scheduler, clean: torch.Tensor, noise: torch.Tensor, timest
     raise ValueError(f"unsupported prediction_type {kind!r}")
 
 
-def drop_labels(labels: torch.Tensor, null_class: int, p_uncond: float) -> torch.Tensor:
+def drop_labels(
+    labels: torch.Tensor, null_class: int, p_uncond: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Replace each label by the null class with probability p_uncond, per sample (CFG training)."""
-    drop = torch.rand(labels.shape, device=labels.device) < p_uncond
+    drop = torch.rand(labels.shape, device=labels.device, generator=generator) < p_uncond
     return torch.where(drop, torch.full_like(labels, null_class), labels)
 
 
@@ -193,6 +296,56 @@ def denoising_loss(unet, scheduler, clean: torch.Tensor, labels: torch.Tensor, s
     noisy = scheduler.add_noise(clean, noise, timesteps)
     pred = unet(noisy, timesteps, class_labels=labels).sample
     return F.mse_loss(pred, diffusion_target(scheduler, clean, noise, timesteps)).item()
+
+
+def batch_generator(seed: int, process_index: int, epoch: int, batch: int, device) -> torch.Generator:
+    """The random stream of one micro-batch (noise, timesteps, label dropout): a function of the seed, the process
+    and the batch's place in the data only.
+
+    Why not the global RNG that Accelerate saves and restores: DataLoader iterators also draw from it when an epoch
+    starts, so a run resumed in the middle of an epoch would draw different noise from an uninterrupted one. With a
+    per-batch seed, resumed runs are exact and the checkpoint needs no RNG state of ours.
+    """
+    state = np.random.SeedSequence([seed, process_index, epoch, batch]).generate_state(1, np.uint64)[0]
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(state) >> 1)
+    return generator
+
+
+def agreed_max(accelerator: Accelerator, value: int) -> int:
+    """The largest `value` over all processes (so that every rank takes the same decision at the same step)."""
+    if accelerator.num_processes == 1:
+        return int(value)
+    return int(accelerator.gather(torch.tensor([int(value)], device=accelerator.device)).max().item())
+
+
+class StopRequest:
+    """SIGTERM / SIGINT handlers that only set a flag; the training loop checks it after each optimizer step.
+
+    Installed only from the main thread (Python allows signal handlers nowhere else); the previous handlers come
+    back on exit. A second SIGINT raises KeyboardInterrupt at once.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = self.signum or signum
 
 
 def parameter_checksums(accelerator: Accelerator, model: torch.nn.Module) -> list[float]:
@@ -227,11 +380,24 @@ def save_validation_grid(pipeline, num_classes: int, per_class: int, guidance_sc
 
 
 def train(args: argparse.Namespace) -> Path:
-    """Run training; return the folder of the saved pipeline."""
+    """Run training; return the folder of the saved pipeline.
+
+    Raises ValueError (bad arguments or data), NonFiniteLossError, CheckpointError, OutputWriteError, or
+    TrainingInterrupted (SIGTERM / SIGINT, after saving a checkpoint).
+    """
     check_args(args)
+    on_bad_image = getattr(args, "on_bad_image", "error")
+    skip_nonfinite = getattr(args, "skip_nonfinite", False)
     output_dir = Path(args.output_dir)
     # Accelerate only picks gloo data parallelism on CPU when told to; torchrun on a CPU-only machine needs it.
     cpu_only_distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # Accelerate keeps its state in process-wide singletons; a second train() in the same process (tests,
+        # benchmarks) with another --mixed_precision or accumulation would otherwise fail with "already initialized".
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
     accelerator = Accelerator(
         cpu=cpu_only_distributed,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -240,9 +406,16 @@ def train(args: argparse.Namespace) -> Path:
         project_config=ProjectConfiguration(
             project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)
         ),
+        # The data order is a function of (seed, epoch): resumed runs see the same batches as uninterrupted ones.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+        # The LR schedule counts optimizer updates whatever the number of processes, so a checkpoint resumes at
+        # the right learning rate under a different world size (the loop steps it once per update).
+        step_scheduler_with_optimizer=False,
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
+    if accelerator.is_main_process:
+        clean_stale_temporaries(output_dir)
 
     data = load_labelled_images(
         args.dataset_name,
@@ -255,7 +428,13 @@ def train(args: argparse.Namespace) -> Path:
     dataset = data.dataset
     if args.max_train_samples:
         dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))
-    channels = 1 if dataset[0][args.image_column].mode in ("L", "1", "I", "F", "I;16") else 3
+    dataset, image_check = check_images(dataset, args.image_column, on_bad_image)
+    channels = image_check.channels
+    if args.validation_images_per_class * data.num_classes > MAX_IMAGES_PER_CALL:
+        raise ValueError(
+            f"--validation_images_per_class {args.validation_images_per_class} x {data.num_classes} classes exceeds "
+            f"the pipeline's {MAX_IMAGES_PER_CALL} images per call"
+        )
     dataloader = torch.utils.data.DataLoader(
         dataset,
         batch_size=args.train_batch_size,
@@ -301,83 +480,146 @@ def train(args: argparse.Namespace) -> Path:
     lr_scheduler = get_scheduler(
         args.lr_scheduler,
         optimizer=optimizer,
-        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=max_train_steps * accelerator.num_processes,
+        num_warmup_steps=args.lr_warmup_steps,
+        num_training_steps=max_train_steps,
     )
     unet, optimizer, dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, dataloader, lr_scheduler)
     if ema is not None:
-        ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
+        ema.to(accelerator.device)  # saved by condiff.checkpoints (safetensors), not registered with Accelerate
 
     if accelerator.is_main_process and args.report_to != "none":
         accelerator.init_trackers("condiff-cfg", config={k: str(v) for k, v in vars(args).items()})
 
-    global_step, first_epoch, skip_batches = 0, 0, 0
-    resume_path = resolve_resume_path(output_dir, args.resume_from_checkpoint)
-    if args.resume_from_checkpoint and resume_path is None:
-        accelerator.print("No checkpoint found to resume from; starting a new run.")
-    if resume_path is not None:
-        accelerator.print(f"Resuming from {resume_path}")
-        accelerator.load_state(str(resume_path))
-        global_step = checkpoint_step(resume_path)
-        first_epoch = global_step // updates_per_epoch
-        skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
+    global_step, resumed_from = 0, None
+    candidates = resume_candidates(output_dir, args.resume_from_checkpoint)
+    if args.resume_from_checkpoint and not candidates:
+        accelerator.print("No complete checkpoint found to resume from; starting a new run.")
+    for path in candidates:
+        error = None
+        try:
+            global_step = load_checkpoint(accelerator, path, unet, ema, args)
+        except Exception as err:  # a corrupt file shows up as many exception types (safetensors, torch, json)
+            error = err
+        if all_ranks_agree(accelerator, error is None):
+            resumed_from = path
+            break
+        logger.warning(f"could not load checkpoint {path}: {error}", main_process_only=False)
+    if candidates and resumed_from is None:
+        raise CheckpointError(
+            f"none of the checkpoints in {output_dir} could be loaded ({', '.join(p.name for p in candidates)}); "
+            "see the warnings above. Move them away to start a new run."
+        )
+    if resumed_from is not None:
+        accelerator.print(f"Resumed from {resumed_from} at step {global_step}")
+    first_epoch = global_step // updates_per_epoch
+    skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
 
     total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     logger.info(
-        f"{len(dataset)} examples, {data.num_classes} classes, {num_epochs} epochs, {max_train_steps} steps, "
-        f"batch {total_batch} in all, {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M parameters",
+        f"{len(dataset)} examples ({len(image_check.bad)} undecodable skipped), {data.num_classes} classes, "
+        f"{channels} channel(s), {num_epochs} epochs, {max_train_steps} steps, batch {total_batch} in all, "
+        f"{sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M parameters",
         main_process_only=True,
     )
     progress = tqdm(range(max_train_steps), initial=global_step, disable=not accelerator.is_local_main_process)
     progress.set_description("steps")
     start = time.perf_counter()
-    images_seen = 0
-    for epoch in range(first_epoch, num_epochs):
-        unet.train()
-        batches = accelerator.skip_first_batches(dataloader, skip_batches) if skip_batches else dataloader
-        if hasattr(dataloader, "set_epoch"):
-            dataloader.set_epoch(epoch)
-        skip_batches = 0
-        for batch in batches:
-            clean, labels = batch["images"], batch["labels"]
-            noise = torch.randn_like(clean)
-            timesteps = torch.randint(
-                0, noise_scheduler.config.num_train_timesteps, (clean.shape[0],), device=clean.device
-            )
-            noisy = noise_scheduler.add_noise(clean, noise, timesteps)
-            target = diffusion_target(noise_scheduler, clean, noise, timesteps)
-            with accelerator.accumulate(unet):
-                pred = unet(noisy, timesteps, class_labels=drop_labels(labels, null_class, args.p_uncond)).sample
-                loss = F.mse_loss(pred.float(), target.float())
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad()
-            images_seen += clean.shape[0]
+    images_seen, skipped_updates, last_saved = 0, 0, global_step if resumed_from else None
+    logs: dict = {}
 
-            if not accelerator.sync_gradients:
-                continue
-            if ema is not None:
-                ema.step(unet.parameters())
-            global_step += 1
-            progress.update(1)
-            logs = {"loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0], "epoch": epoch}
-            if ema is not None:
-                logs["ema_decay"] = ema.cur_decay_value
-            progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
-            accelerator.log(logs, step=global_step)
+    def checkpoint(epoch: int, batches_in_epoch: int) -> Path:
+        checksums = parameter_checksums(accelerator, accelerator.unwrap_model(unet))
+        if max(checksums) - min(checksums) > 1e-6 * max(1.0, abs(checksums[0])):
+            raise RuntimeError(f"data-parallel ranks are out of sync at step {global_step}: parameter sums {checksums}")
+        info = {
+            "epoch": epoch,
+            "batches_in_epoch": batches_in_epoch,
+            "train_batch_size": args.train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "seed": args.seed,
+            "skipped_nonfinite_steps": skipped_updates,
+        }
+        return save_checkpoint(accelerator, output_dir, global_step, ema, info, args.checkpoints_total_limit)
 
-            if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, unet, output_dir, global_step, args.checkpoints_total_limit)
-            if global_step % args.validation_steps == 0 and accelerator.is_main_process:
-                run_validation(accelerator, unet, ema, noise_scheduler, data, args, global_step)
+    with StopRequest() as stop:
+        for epoch in range(first_epoch, num_epochs):
             if global_step >= max_train_steps:
                 break
-        if global_step >= max_train_steps:
-            break
+            unet.train()
+            dataloader.set_epoch(epoch)  # before skip_first_batches: the skipping loader inherits the epoch
+            batches = accelerator.skip_first_batches(dataloader, skip_batches) if skip_batches else dataloader
+            window_bad = False
+            for batch_index, batch in enumerate(batches, start=skip_batches):
+                clean, labels = batch["images"], batch["labels"]
+                g = batch_generator(args.seed, accelerator.process_index, epoch, batch_index, clean.device)
+                noise = torch.randn(clean.shape, generator=g, device=clean.device, dtype=clean.dtype)
+                timesteps = torch.randint(
+                    0, noise_scheduler.config.num_train_timesteps, (clean.shape[0],), generator=g, device=clean.device
+                )
+                noisy = noise_scheduler.add_noise(clean, noise, timesteps)
+                target = diffusion_target(noise_scheduler, clean, noise, timesteps)
+                class_labels = drop_labels(labels, null_class, args.p_uncond, generator=g)
+                with accelerator.accumulate(unet):
+                    pred = unet(noisy, timesteps, class_labels=class_labels).sample
+                    loss = F.mse_loss(pred.float(), target.float())
+                    # Decided on all ranks together, so that they all skip (or stop) at the same batch.
+                    if agreed_max(accelerator, 0 if torch.isfinite(loss).item() else 1):
+                        window_bad = True
+                        if not skip_nonfinite:
+                            raise NonFiniteLossError(nonfinite_message("loss", loss, global_step + 1, output_dir))
+                    if not window_bad:
+                        accelerator.backward(loss)
+                    if accelerator.sync_gradients and not window_bad:
+                        grad_norm = accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
+                        # Gradients are already averaged over ranks here, so every rank sees the same norm.
+                        if grad_norm is not None and not torch.isfinite(grad_norm).item():
+                            window_bad = True
+                            if not skip_nonfinite:
+                                raise NonFiniteLossError(
+                                    nonfinite_message("gradient norm", grad_norm, global_step + 1, output_dir)
+                                )
+                    if accelerator.sync_gradients:
+                        if not window_bad:
+                            optimizer.step()
+                        lr_scheduler.step()
+                    optimizer.zero_grad()
+                images_seen += clean.shape[0]
+
+                if not accelerator.sync_gradients:
+                    continue
+                global_step += 1
+                if window_bad:
+                    # The whole accumulation window is dropped: no update, no EMA step; the LR schedule moves on.
+                    skipped_updates += 1
+                    logger.warning(
+                        f"step {global_step}: non-finite loss or gradient; update skipped", main_process_only=True
+                    )
+                    window_bad = False
+                elif ema is not None:
+                    ema.step(unet.parameters())
+                progress.update(1)
+                logs = {"loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0], "epoch": epoch}
+                if ema is not None:
+                    logs["ema_decay"] = ema.cur_decay_value
+                if skipped_updates:
+                    logs["skipped_nonfinite_steps"] = skipped_updates
+                progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
+                accelerator.log(logs, step=global_step)
+
+                signum = agreed_max(accelerator, stop.signum)
+                if global_step % args.checkpointing_steps == 0 or (signum and last_saved != global_step):
+                    checkpoint(epoch, batch_index + 1)
+                    last_saved = global_step
+                if signum:
+                    progress.close()
+                    accelerator.end_training()
+                    saved = output_dir / f"checkpoint-{last_saved}" if last_saved is not None else None
+                    raise TrainingInterrupted(signum, global_step, saved)
+                if global_step % args.validation_steps == 0 and accelerator.is_main_process:
+                    run_validation(accelerator, unet, ema, noise_scheduler, data, args, global_step)
+                if global_step >= max_train_steps:
+                    break
+            skip_batches = 0
     progress.close()
     accelerator.wait_for_everyone()
     train_seconds = time.perf_counter() - start
@@ -385,32 +627,18 @@ def train(args: argparse.Namespace) -> Path:
 
     pipeline_dir = output_dir
     if accelerator.is_main_process:
-        pipeline = build_pipeline(accelerator, unet, ema, noise_scheduler, data)
-        pipeline.save_pretrained(pipeline_dir, safe_serialization=True)
-        grid_path = output_dir / "samples" / "final.png"
-        save_validation_grid(
-            pipeline,
-            data.num_classes,
-            args.validation_images_per_class,
-            args.validation_guidance_scale,
-            args.validation_inference_steps,
-            grid_path,
-        )
         summary = {
             "global_step": global_step,
             "train_seconds_this_run": round(train_seconds, 1),
             "images_per_second": round(images_seen * accelerator.num_processes / max(train_seconds, 1e-9), 1),
             "num_processes": accelerator.num_processes,
             "rank_parameter_checksums": checksums,
-            "final_loss": logs["loss"] if global_step else None,
+            "final_loss": logs.get("loss"),
+            "skipped_nonfinite_steps": skipped_updates,
+            "skipped_bad_images": len(image_check.bad),
+            "resumed_from": resumed_from.name if resumed_from else None,
         }
-        (output_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
-        (output_dir / "training_args.json").write_text(json.dumps(vars(args), indent=2))
-        from condiff.hub import write_model_card
-
-        write_model_card(
-            pipeline_dir, args, dataset_description(args), summary, sample_grid=grid_path, command=command_line(args)
-        )
+        save_outputs(accelerator, unet, ema, noise_scheduler, data, args, summary, pipeline_dir)
         accelerator.print(f"Saved the pipeline to {pipeline_dir} ({json.dumps(summary)})")
     accelerator.end_training()
     if args.push_to_hub and accelerator.is_main_process:
@@ -420,24 +648,86 @@ def train(args: argparse.Namespace) -> Path:
     return pipeline_dir
 
 
+def nonfinite_message(what: str, value: torch.Tensor, step: int, output_dir: Path) -> str:
+    kept = newest_complete_checkpoint(output_dir)
+    local = value.detach().float().item()
+    where = f"{local}" if not math.isfinite(local) else "not finite on another process"
+    return (
+        f"the training {what} is {where} at step {step}; training stopped. The last good checkpoint, "
+        f"{kept if kept else '(none written yet)'}, is kept. Lower --learning_rate, check the data, or pass "
+        "--skip_nonfinite to skip such updates."
+    )
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path, unet, ema, args: argparse.Namespace) -> int:
+    """Restore a complete checkpoint (Accelerate state + condiff's EMA); return its global step."""
+    info = read_marker(path)
+    accelerator.load_state(str(path))
+    if ema is not None:
+        if (path / EMA_FILE).is_file():
+            load_ema(path / EMA_FILE, ema)
+        else:
+            logger.warning(f"{path} has no EMA (trained with --no-use_ema); the EMA starts from the loaded weights")
+            ema.shadow_params = [p.detach().clone() for p in accelerator.unwrap_model(unet).parameters()]
+            ema.optimization_step = 0
+    same = {
+        "num_processes": accelerator.num_processes,
+        "train_batch_size": args.train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "seed": args.seed,
+    }
+    changed = {k: (info.get(k), v) for k, v in same.items() if info.get(k, v) != v}
+    if changed:
+        logger.warning(
+            f"{path.name} was written with different settings {changed} (saved, now): the step count and the "
+            "learning-rate schedule continue, but the data order differs from an uninterrupted run.",
+            main_process_only=True,
+        )
+    return int(info["step"])
+
+
+def save_outputs(accelerator, unet, ema, noise_scheduler, data, args, summary: dict, output_dir: Path) -> None:
+    """The final pipeline, sample grid, summary, arguments and model card (main process only).
+
+    Everything is written to a temporary folder inside `output_dir` first and then moved into place one file at a
+    time (an atomic rename each): a failed save (disk full, folder no longer writable) leaves the files of a
+    previous run and the checkpoints as they were.
+    """
+    from condiff.hub import write_model_card
+
+    tmp = Path(tempfile.mkdtemp(prefix=TMP_PIPELINE_PREFIX, dir=output_dir))
+    try:
+        pipeline = build_pipeline(accelerator, unet, ema, noise_scheduler, data)
+        pipeline.save_pretrained(tmp, safe_serialization=True)
+        grid_path = tmp / "samples" / "final.png"
+        save_validation_grid(
+            pipeline,
+            data.num_classes,
+            args.validation_images_per_class,
+            args.validation_guidance_scale,
+            args.validation_inference_steps,
+            grid_path,
+        )
+        atomic_write_text(tmp / "training_summary.json", json.dumps(summary, indent=2))
+        atomic_write_text(tmp / "training_args.json", json.dumps(vars(args), indent=2, default=str))
+        write_model_card(
+            tmp, args, dataset_description(args), summary, sample_grid=grid_path, command=command_line(args)
+        )
+        replace_files(tmp, output_dir)
+    except Exception as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputWriteError(
+            describe_write_error(err, f"the trained pipeline to {output_dir}", output_dir)
+            + ". Files already there and the checkpoints are untouched."
+        ) from err
+
+
 def dataset_description(args: argparse.Namespace) -> str:
     if args.dataset_name:
         return args.dataset_name
     if args.train_data_dir:
         return f"image folder {args.train_data_dir}"
     return "mnist-10k (9,000-image train split vendored in condiff)"
-
-
-def save_checkpoint(accelerator: Accelerator, unet, output_dir: Path, step: int, total_limit: int | None) -> None:
-    """Accelerate state (model, optimizer, LR schedule, EMA, RNG) to output_dir/checkpoint-<step>."""
-    path = output_dir / f"checkpoint-{step}"
-    checksums = parameter_checksums(accelerator, unet)
-    if max(checksums) - min(checksums) > 1e-6 * max(1.0, abs(checksums[0])):
-        raise RuntimeError(f"data-parallel ranks are out of sync at step {step}: parameter sums {checksums}")
-    accelerator.save_state(str(path))
-    if accelerator.is_main_process:
-        prune_checkpoints(output_dir, total_limit)
-    accelerator.wait_for_everyone()
 
 
 def build_pipeline(accelerator, unet, ema, noise_scheduler, data) -> ClassConditionalDDPMPipeline:
@@ -474,10 +764,15 @@ def run_validation(accelerator, unet, ema, noise_scheduler, data, args, step: in
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point. Exit status: 0 done (or stopped by SIGTERM after a checkpoint), 1 error with a
+    one-line message, 2 bad command line (argparse), 130 stopped by Ctrl-C after a checkpoint."""
     from condiff.hub import HubUploadError
 
     args = build_parser().parse_args(argv)
     try:
         train(args)
-    except (ValueError, HubUploadError) as err:
+    except TrainingInterrupted as stop:
+        print(f"condiff: {stop}", flush=True)
+        raise SystemExit(130 if stop.signum == signal.SIGINT else 0) from None
+    except (ValueError, HubUploadError, NonFiniteLossError, CheckpointError, OutputWriteError) as err:
         raise SystemExit(f"error: {err}") from err

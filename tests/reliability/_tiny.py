@@ -1,0 +1,76 @@
+"""Shared helpers of the reliability suite: tiny training arguments, subprocess runs, weight comparison."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[2]
+TRAIN_SCRIPT = str(REPO / "scripts" / "train_cfg.py")
+# The TINY model of tests/test_training.py: 8x8 images, 0.05M parameters, 64 examples (8 batches of 8 per epoch).
+TINY = [
+    "--resolution", "8", "--block_out_channels", "8", "16", "--norm_num_groups", "4",
+    "--train_batch_size", "8", "--max_train_samples", "64", "--validation_images_per_class", "1",
+    "--validation_inference_steps", "2", "--report_to", "none", "--validation_steps", "100000",
+]  # fmt: skip
+
+
+def env() -> dict:
+    """Subprocess environment: one thread (deterministic float sums, fair to the 2 shared cores), offline."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONHASHSEED": "0"}
+
+
+def tiny_args(output_dir: Path, *extra: str):
+    from condiff.training import build_parser
+
+    return build_parser().parse_args(["--output_dir", str(output_dir), *TINY, *extra])
+
+
+def train_command(output_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, TRAIN_SCRIPT, "--output_dir", str(output_dir), *TINY, *extra]
+
+
+def torchrun_command(nproc: int, output_dir: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+        str(free_port()), TRAIN_SCRIPT, "--output_dir", str(output_dir), *TINY, *extra,
+    ]  # fmt: skip
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (fixed ports collide when two test runs share a machine)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env(), cwd=REPO)
+
+
+def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None, poll: float = 0.01) -> None:
+    """Poll until `predicate()` is true; fail early if `proc` exits first."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"process ended (rc {proc.returncode}) before the awaited state:\n{err[-3000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(poll)
+
+
+def tensors(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def max_abs_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
