@@ -22,10 +22,12 @@ from .labels import (
     LabelInput,
     check_callback_inputs,
     check_generators,
+    check_latents,
     check_output_type,
     check_positive_int,
     normalize_id2label,
     parse_labels,
+    serialized_call,
     to_output_type,
 )
 
@@ -69,6 +71,7 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
         """Class ids for `label` (ints, names from `id2label`, a tensor, a list of these, or None)."""
         return parse_labels(label, self.num_classes, self.id2label)
 
+    @serialized_call  # schedulers are stateful: concurrent calls on one pipeline take turns (labels.py)
     @torch.inference_mode()
     def __call__(
         self,
@@ -119,7 +122,7 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
         check_positive_int("num_inference_steps", num_inference_steps, 10_000)
         check_guidance_arguments(guidance_scale, guidance_rescale, guidance_interval)
         check_output_type(output_type)
-        check_callback_inputs(callback_on_step_end_tensor_inputs, self._callback_tensor_inputs)
+        check_callback_inputs(callback_on_step_end_tensor_inputs, self._callback_tensor_inputs, callback_on_step_end)
         class_ids = [self.null_class] if labels is None else labels
         batch_size = len(class_ids) * num_images_per_label
         if batch_size > MAX_IMAGES_PER_CALL:
@@ -135,10 +138,8 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
         shape = (batch_size, cfg.in_channels, *size)
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
         else:
-            latents = latents.to(device=device, dtype=dtype)
+            latents = check_latents(latents, shape).to(device=device, dtype=dtype)
 
         cond = torch.tensor(class_ids, device=device).repeat_interleave(num_images_per_label)
         uncond = torch.full_like(cond, self.null_class)
