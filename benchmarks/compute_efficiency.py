@@ -4,7 +4,7 @@ over the same UNet, batch and data (target: overhead <= 10%).
 
     python benchmarks/compute_efficiency.py                  # the shipped model's UNet
     python benchmarks/compute_efficiency.py --quick          # smoke run
-    python benchmarks/compute_efficiency.py --train-steps 20 80 --train-repeats 3
+    python benchmarks/compute_efficiency.py --train-steps 20 80 --train-repeats 5
 
 Writes benchmarks/results/compute_efficiency.{json,md,png}. The code is `condiff.efficiency`.
 """

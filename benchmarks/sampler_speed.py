@@ -4,7 +4,7 @@ run: images/s (and the ratio to the textbook sampler), NFE/image, accuracy, Frec
 
     python benchmarks/sampler_speed.py                       # the shipped model
     python benchmarks/sampler_speed.py --quick               # smoke run
-    python benchmarks/sampler_speed.py --textbook-speed-images 20 --textbook-quality-per-class 10
+    python benchmarks/sampler_speed.py --textbook-timed-steps 1000 --textbook-quality-per-class 10
 
 Writes benchmarks/results/sampler_speed.{json,md,png}. The code is `condiff.benchmarking.run_sampler_benchmark`.
 """

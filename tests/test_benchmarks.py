@@ -142,6 +142,8 @@ def test_sampler_benchmark_end_to_end(tiny_mnist_dir, tmp_path):
     assert textbook["nfe_per_image"] == 60.0 and textbook["num_inference_steps"] == 30  # 30 training timesteps
     assert textbook["speedup_vs_textbook"] == pytest.approx(1.0)
     assert textbook["num_scored"] == 10 and textbook["quality_run"]["num_images"] == 10
+    assert textbook["extrapolated"] and textbook["timed_steps"] == 5  # --quick times 5 of the 30 steps
+    assert textbook["num_images"] == textbook["batch_size"] == 2
     assert default["sampler"] == "DPMSolverMultistepScheduler" and default["num_inference_steps"] == 20
     assert [r["nfe_per_image"] for r in rows[2:]] == [4.0, 6.0, 4.0, 6.0]
     for r in rows:
@@ -170,6 +172,7 @@ def test_compute_benchmark_end_to_end(tiny_mnist_dir, tmp_path):
     training = report["training"]
     assert [r["name"] for r in training["rows"]] == ["train_cfg.py", "bare", "bare + EMA, clip, LR schedule"]
     assert training["batch_size"] == 4 and training["num_training_images"] == 64
+    assert training["notes"] and "--train-steps" in training["notes"][0]  # far too short to be a measurement
     assert training["flops_per_image_forward_backward"] > 2 * report["flops_per_forward"]
     for r in training["rows"]:
         assert len(r["seconds_short_long"]) == 1 and all(s > 0 for s in r["seconds_short_long"][0])

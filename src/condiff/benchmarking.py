@@ -89,6 +89,8 @@ def machine_info(device: str | torch.device = "cpu") -> dict[str, Any]:
         info["load_average_1min"] = round(os.getloadavg()[0], 2)
     if torch.device(device).type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
+        info["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
+        info["tf32_cudnn"] = torch.backends.cudnn.allow_tf32
     return info
 
 
@@ -363,9 +365,10 @@ def run_sampler_benchmark(
     guidance_scale: float = 3.0,
     num_per_class: int = 100,
     batch_size: int = 250,
-    textbook_speed_images: int = 10,
+    textbook_speed_images: int | None = None,
     textbook_quality_per_class: int = 2,
-    textbook_timed_steps: int | None = None,
+    textbook_timed_steps: int | None = 50,
+    textbook_batch_size: int | None = None,
     seed: int = 0,
     classifier=None,
     evaluate: bool | None = None,
@@ -374,11 +377,13 @@ def run_sampler_benchmark(
     """The textbook sampler against condiff's default path and each fast scheduler at each step count, in one
     run: images/s, NFE/image, conditional accuracy, Frechet distance (and floor-normalised ratio), diversity.
 
-    - textbook speed: `textbook_speed_images` images (batch min(batch_size, that)); with `textbook_timed_steps`
-      only the first that many of its 1000 steps are timed and the rate is extrapolated to all steps (quick
-      runs; the report says so).
-    - textbook quality: `textbook_quality_per_class` images of each class, scored (0 skips it).
-    - everything else: `num_per_class` images of each class, timed and scored.
+    - textbook speed: `textbook_speed_images` images (default: one batch) in batches of `textbook_batch_size`
+      (default: `batch_size`, the same batch as the other samplers, so the ratio is not a batching effect). Only
+      the first `textbook_timed_steps` of its 1000 steps are timed (None: all) and the time is extrapolated to
+      all steps: every DDPM step does the same work. The report flags it (`extrapolated`, `timed_steps`).
+    - textbook quality: `textbook_quality_per_class` images of each class, all steps, timed and scored (0 skips
+      it); its own images/s is in the row's `quality_run`.
+    - everything else: `num_per_class` images of each class in batches of `batch_size`, timed and scored.
     `evaluate` (default: when the evaluator fits the pipeline) turns the scoring off. Returns a JSON-able dict
     with `settings`, `machine`, `rows` (textbook first, then the default path, then the fast samplers) and
     `headline` (the default path's and the best images/s ratios to the textbook sampler).
@@ -390,8 +395,15 @@ def run_sampler_benchmark(
         raise ValueError(f"unknown sampler(s) {unknown}; choose from {sorted(SAMPLERS)}")
     if any(int(n) < 1 for n in steps):
         raise ValueError(f"steps must be >= 1, got {list(steps)}")
-    if textbook_speed_images < 1:
-        raise ValueError(f"textbook_speed_images must be >= 1, got {textbook_speed_images}")
+    textbook_batch_size = textbook_batch_size or batch_size
+    textbook_speed_images = textbook_speed_images or textbook_batch_size
+    if textbook_speed_images < 1 or textbook_batch_size < 1 or batch_size < 1:
+        raise ValueError(
+            f"batch sizes and textbook_speed_images must be >= 1, got {batch_size}, {textbook_batch_size} and "
+            f"{textbook_speed_images}"
+        )
+    if textbook_quality_per_class < 0:
+        raise ValueError(f"textbook_quality_per_class must be >= 0, got {textbook_quality_per_class}")
     if textbook_timed_steps is not None and textbook_timed_steps < 1:
         raise ValueError(f"textbook_timed_steps must be >= 1, got {textbook_timed_steps}")
     evaluate = can_evaluate(pipe, classifier) if evaluate is None else evaluate
@@ -400,11 +412,11 @@ def run_sampler_benchmark(
     total_steps = textbook_scheduler(pipe.scheduler.config).config.num_train_timesteps
     rows: list[dict[str, Any]] = []
 
-    log(f"textbook sampler: timing {textbook_speed_images} images ...")
-    speed = generate_textbook_samples(
-        pipe, textbook_speed_images, guidance_scale, batch_size, seed, max_steps=textbook_timed_steps
-    )
     timed_steps = min(textbook_timed_steps or total_steps, total_steps)
+    log(f"textbook sampler: timing {textbook_speed_images} images over {timed_steps} of {total_steps} steps ...")
+    speed = generate_textbook_samples(
+        pipe, textbook_speed_images, guidance_scale, textbook_batch_size, seed, max_steps=timed_steps
+    )
     wall = speed.wall_seconds * total_steps / timed_steps
     textbook = {
         "name": "textbook",
@@ -421,7 +433,7 @@ def run_sampler_benchmark(
     if textbook_quality_per_class > 0:
         n = textbook_quality_per_class * pipe.num_classes
         log(f"textbook sampler: {n} images for quality ...")
-        quality = generate_textbook_samples(pipe, n, guidance_scale, batch_size, seed)
+        quality = generate_textbook_samples(pipe, n, guidance_scale, textbook_batch_size, seed)
         textbook["quality_run"] = timing_fields(quality)
         if evaluate:
             textbook |= metric_fields(score_samples(quality, classifier))
@@ -467,6 +479,7 @@ def run_sampler_benchmark(
             "samplers": list(samplers),
             "steps": [int(n) for n in steps],
             "textbook_speed_images": textbook_speed_images,
+            "textbook_batch_size": textbook_batch_size,
             "textbook_quality_images": textbook_quality_per_class * pipe.num_classes,
             "textbook_timed_steps": timed_steps,
             "textbook_scheduler": dict(textbook_scheduler(pipe.scheduler.config).config),
@@ -538,20 +551,33 @@ def sampler_markdown(report: dict[str, Any]) -> str:
         f"{h['default_speedup_vs_textbook']:.3g}x as many images per second as the textbook sampler** "
         f"(fastest: {h['fastest']}, {h['fastest_speedup_vs_textbook']:.3g}x).",
         "",
-        f"Textbook sampler: {textbook['sampler']}; speed from {textbook['num_images']} images"
+        f"Textbook sampler: {textbook['sampler']}; speed from {textbook['num_images']} images in batches of "
+        f"{textbook['batch_size']}"
         + (
-            f", timed over the first {textbook['timed_steps']} steps and extrapolated to all"
+            f", timed over the first {textbook['timed_steps']} steps and extrapolated to all (every DDPM step is "
+            "the same work)"
             if textbook["extrapolated"]
             else ""
         )
         + f"; quality from {textbook['num_scored']} images "
-        "(the Frechet distance grows at small N: compare the 'FD / real floor (same N)' column).",
+        "(the Frechet distance grows at small N: compare the 'FD / real floor (same N)' column)"
+        + _quality_run_note(textbook.get("quality_run"))
+        + ".",
         "",
         markdown_table(report["rows"], SAMPLER_COLUMNS),
         "",
         *nonfinite_notes(report["rows"]),
     ]
     return "\n".join(lines)
+
+
+def _quality_run_note(run: dict[str, Any] | None) -> str:
+    if not run:
+        return ""
+    return (
+        f"; the quality run, all steps, made {run['num_images']} images in {run['wall_seconds']:.1f} s "
+        f"({run['images_per_second']:.3g} img/s at batch {run['batch_size']})"
+    )
 
 
 def nonfinite_notes(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -700,15 +726,24 @@ def build_sampler_parser(default_out_dir: str | Path = "benchmarks/results") -> 
     p.add_argument("--samplers", nargs="+", default=list(FAST_SAMPLERS), help="fast schedulers to compare")
     p.add_argument("--steps", type=int, nargs="+", default=list(FAST_STEPS), help="step counts for each")
     p.add_argument("--num-per-class", type=int, default=100, help="images per class for each fast sampler")
-    p.add_argument("--textbook-speed-images", type=int, default=10, help="images timed with the textbook sampler")
     p.add_argument(
-        "--textbook-quality-per-class", type=int, default=2, help="textbook images per class to score (0: none)"
+        "--textbook-speed-images", type=int, default=None, help="images timed with the textbook sampler (one batch)"
+    )
+    p.add_argument(
+        "--textbook-batch-size", type=int, default=None, help="textbook sampler batch (default: --batch-size)"
     )
     p.add_argument(
         "--textbook-timed-steps",
         type=int,
-        default=None,
-        help="time only the first N of the textbook's 1000 steps and extrapolate (default: all)",
+        default=50,
+        help="time the first N of the textbook's 1000 steps and extrapolate (every step is the same work); "
+        "1000 times them all",
+    )
+    p.add_argument(
+        "--textbook-quality-per-class",
+        type=int,
+        default=2,
+        help="textbook images per class to score, all 1000 steps (0: none)",
     )
     return p
 
@@ -718,7 +753,7 @@ QUICK_SAMPLER = {
     "steps": [5, 10],
     "textbook_speed_images": 2,
     "textbook_quality_per_class": 0,
-    "textbook_timed_steps": 50,
+    "textbook_timed_steps": 5,
 }
 
 
@@ -745,6 +780,7 @@ def sampler_main(argv: list[str] | None = None, default_out_dir: str | Path = "b
             textbook_speed_images=args.textbook_speed_images,
             textbook_quality_per_class=args.textbook_quality_per_class,
             textbook_timed_steps=args.textbook_timed_steps,
+            textbook_batch_size=args.textbook_batch_size,
             seed=args.seed,
         )
     except (ValueError, TypeError, OSError) as err:

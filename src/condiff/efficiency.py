@@ -344,6 +344,9 @@ def _rate(batch: int, short: int, long: int, t_short: float, t_long: float) -> f
     return (long - short) * batch / dt if dt > 0 else None
 
 
+MIN_DIFFERENCE_SECONDS = 5.0
+
+
 def training_throughput(
     args: argparse.Namespace,
     steps: tuple[int, int] = (10, 40),
@@ -352,8 +355,8 @@ def training_throughput(
     log: Log = print,
 ) -> dict[str, Any]:
     """Steady-state training images/s of `train_cfg.py` and of the bare loop(s), by differencing a short and a
-    long run (interleaved, `repeats` times; the median is reported), and the overhead of train_cfg.py:
-    seconds per image relative to the bare loop's, minus 1."""
+    long run (after an untimed warm-up; `repeats` rounds, in alternating order; the median is reported), and the
+    overhead of train_cfg.py: seconds per image relative to the bare loop's, minus 1."""
     short, long = (int(s) for s in steps)
     if not 1 <= short < long:
         raise ValueError(f"steps must be (short, long) with 1 <= short < long, got {steps}")
@@ -368,9 +371,14 @@ def training_throughput(
     }
     if bare_extras:
         loops["bare + EMA, clip, LR schedule"] = lambda k: bare_training_seconds(args, k, data, extras=True)
+    # untimed warm-up: the process's first training steps pay one-time costs (kernel selection, lazy loading,
+    # allocator growth) that would otherwise land in whichever loop runs first
+    bare_training_seconds(args, 3, data, extras=True)
     seconds: dict[str, list[tuple[float, float]]] = {name: [] for name in loops}
     for r in range(repeats):
-        for name, loop in loops.items():
+        # alternate the order (A B C, C B A, ...) so a drift in machine load does not favour one loop
+        order = list(loops.items()) if r % 2 == 0 else list(reversed(loops.items()))
+        for name, loop in order:
             t_short, t_long = loop(short), loop(long)
             seconds[name].append((t_short, t_long))
             log(f"training [{r + 1}/{repeats}] {name}: {short} steps {t_short:.2f} s, {long} steps {t_long:.2f} s")
@@ -390,7 +398,15 @@ def training_throughput(
     for row in rows:
         ips = row["images_per_second"]
         row["overhead_vs_bare_percent"] = (bare / ips - 1) * 100 if ips and bare else None
+    shortest = min(b - a for pairs in seconds.values() for a, b in pairs)
+    notes = []
+    if shortest < MIN_DIFFERENCE_SECONDS:
+        notes.append(
+            f"the long and short runs differ by only {shortest:.2f} s (train_cfg.py's summary rounds to 0.1 s and "
+            f"timings are noisy): use more --train-steps for a measurement (>= {MIN_DIFFERENCE_SECONDS:g} s)"
+        )
     return {
+        "notes": notes,
         "steps_short_long": [short, long],
         "repeats": repeats,
         "batch_size": args.train_batch_size,
@@ -415,7 +431,7 @@ def run_compute_benchmark(
     matmul_reps: int = 5,
     train_argv: Sequence[str] = (),
     train_steps: tuple[int, int] | None = (10, 40),
-    train_repeats: int = 1,
+    train_repeats: int = 3,
     bare_extras: bool = True,
     log: Log = print,
 ) -> dict[str, Any]:
@@ -518,6 +534,15 @@ def compute_markdown(report: dict[str, Any]) -> str:
         f"- Measured peak: **{p['flops_per_second'] / 1e9:.1f} GFLOP/s** ({p['n']}^3 fp32 matmul, best of "
         f"{p['reps']}; median {p['median_flops_per_second'] / 1e9:.1f}).",
         "",
+        *(
+            [
+                "- On this GPU cuDNN may run the convolutions in TF32 (torch.backends.cudnn.allow_tf32), while the "
+                "peak is a plain fp32 matmul: fractions of peak are relative to fp32.",
+            ]
+            if m.get("tf32_cudnn")
+            else []
+        ),
+        "",
         "## Sampling",
         "",
         markdown_table(_with_units(report["sampling"]), SAMPLING_COLUMNS),
@@ -529,6 +554,8 @@ def compute_markdown(report: dict[str, Any]) -> str:
         lines += [
             "## Training",
             "",
+            *(f"**Note:** {n}." for n in t.get("notes", [])),
+            *([""] if t.get("notes") else []),
             f"Batch {t['batch_size']}, {t['num_training_images']} training images, "
             f"EMA {'on' if t['use_ema'] else 'off'}"
             f"; steady state from {t['steps_short_long'][1]} - {t['steps_short_long'][0]} steps (differenced), "
@@ -594,7 +621,7 @@ def build_compute_parser(default_out_dir: str | Path = "benchmarks/results") -> 
     p.add_argument("--matmul-size", type=int, default=2048)
     p.add_argument("--matmul-reps", type=int, default=5)
     p.add_argument("--train-steps", type=int, nargs=2, default=[10, 40], metavar=("SHORT", "LONG"))
-    p.add_argument("--train-repeats", type=int, default=1)
+    p.add_argument("--train-repeats", type=int, default=3, help="rounds of all loops; the median is reported")
     p.add_argument("--no-training", action="store_true", help="skip the training throughput measurement")
     p.add_argument("--no-bare-extras", action="store_true", help="skip the bare loop with EMA/clip/LR schedule")
     p.add_argument(
