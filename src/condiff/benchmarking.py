@@ -119,6 +119,9 @@ def can_evaluate(pipe, classifier=None) -> bool:
 
 def default_num_inference_steps(pipe) -> int | None:
     """The number of steps `pipe(...)` uses when none is given."""
+    configured = getattr(getattr(pipe, "config", None), "default_num_inference_steps", None)
+    if configured is not None:
+        return int(configured)
     param = inspect.signature(pipe.__call__).parameters.get("num_inference_steps")
     return None if param is None or param.default is inspect.Parameter.empty else param.default
 
@@ -439,18 +442,26 @@ def run_sampler_benchmark(
             textbook |= metric_fields(score_samples(quality, classifier))
     rows.append(textbook)
 
-    configs: list[tuple[str, str | None, int | None]] = [("default", None, None)]
-    configs += [(f"{name} {n}", name, int(n)) for name in samplers for n in steps]
+    # The default path runs with the model's own defaults (steps, guidance interval); the ablation row and the
+    # fast samplers apply guidance at every step (plain CFG), so each measure's contribution shows.
+    every_step = {"guidance_interval": (0.0, 1.0)}
+    configs: list[tuple[str, str | None, int | None, dict]] = [("default", None, None, {})]
+    if tuple(getattr(pipe.config, "default_guidance_interval", (0.0, 1.0))) != (0.0, 1.0):
+        configs.append(("default, guidance at every step", None, None, every_step))
+    configs += [(f"{name} {n}", name, int(n), every_step) for name in samplers for n in steps]
     original = pipe.scheduler
     try:
-        for label, name, n in configs:
+        for label, name, n, extra in configs:
             pipe.scheduler = scheduler_for(name, original.config) if name is not None else original
-            kwargs = {} if n is None else {"num_inference_steps": n}
+            kwargs = dict(extra) if n is None else {"num_inference_steps": n, **extra}
             samples = generate_samples(pipe, num_per_class, batch_size, seed, guidance_scale=guidance_scale, **kwargs)
             row = {
                 "name": label,
                 "sampler": type(pipe.scheduler).__name__,
                 "num_inference_steps": n if n is not None else default_num_inference_steps(pipe),
+                "guidance_interval": list(
+                    extra.get("guidance_interval", getattr(pipe.config, "default_guidance_interval", (0.0, 1.0)))
+                ),
             } | timing_fields(samples)
             row |= metric_fields(score_samples(samples, classifier)) if evaluate else empty_metrics()
             rows.append(row)

@@ -1,0 +1,49 @@
+"""The model that ships with condiff, judged by the shipped evaluator, and the README's main command."""
+
+import subprocess
+import sys
+
+import numpy as np
+import torch
+from PIL import Image
+
+from condiff import ClassConditionalDDPMPipeline, shipped_model_path
+from condiff.cli import main as cli_main
+from condiff.metrics import classifier_features_and_logits, default_classifier
+
+
+def test_shipped_model_samples_are_classified_as_requested():
+    pipe = ClassConditionalDDPMPipeline.from_pretrained(shipped_model_path())
+    pipe.set_progress_bar_config(disable=True)
+    labels = [c for c in range(10) for _ in range(4)]
+    images = pipe(label=labels, guidance_scale=3.0, generator=torch.Generator().manual_seed(123), output_type="pt")
+    x = images.images * 2 - 1
+    _, logits = classifier_features_and_logits(default_classifier(), x)
+    accuracy = float((logits.argmax(1) == np.array(labels)).mean())
+    assert accuracy >= 0.85, accuracy  # chance is 0.1
+    assert pipe.id2label[3] == "three" and pipe.num_classes == 10
+
+
+def test_generate_command_writes_a_grid_of_threes(tmp_path):
+    out = tmp_path / "threes.png"
+    assert cli_main(["generate", "--label", "3", "--guidance-scale", "4", "--num-images", "16", "--out", str(out)]) == 0
+    grid = np.asarray(Image.open(out).convert("L"), dtype=np.float32)
+    assert grid.shape == (4 * 56, 4 * 56)  # 4 x 4 tiles of 28 px, zoomed 2x
+    tiles = grid.reshape(4, 56, 4, 56).transpose(0, 2, 1, 3).reshape(16, 56, 56)[:, ::2, ::2]
+    x = torch.from_numpy(tiles.copy())[:, None] / 127.5 - 1
+    _, logits = classifier_features_and_logits(default_classifier(), x)
+    assert (logits.argmax(1) == 3).sum() >= 14
+
+
+def test_generate_command_refuses_bad_input_before_sampling(tmp_path):
+    keep = tmp_path / "keep.png"
+    keep.write_bytes(b"old")
+    result = subprocess.run(
+        [sys.executable, "-m", "condiff.cli", "generate", "--label", "eleven", "--out", str(keep)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "label 'eleven' is not a class name" in result.stderr and "'three'" in result.stderr
+    assert keep.read_bytes() == b"old"
