@@ -541,9 +541,11 @@ def train(args: argparse.Namespace) -> Path:
         }
         return save_checkpoint(accelerator, output_dir, global_step, ema, info, args.checkpoints_total_limit)
 
+    interrupted: TrainingInterrupted | None = None
+    pred = loss = None
     with StopRequest() as stop:
         for epoch in range(first_epoch, num_epochs):
-            if global_step >= max_train_steps:
+            if global_step >= max_train_steps or interrupted:
                 break
             unet.train()
             dataloader.set_epoch(epoch)  # before skip_first_batches: the skipping loader inherits the epoch
@@ -611,10 +613,9 @@ def train(args: argparse.Namespace) -> Path:
                     checkpoint(epoch, batch_index + 1)
                     last_saved = global_step
                 if signum:
-                    progress.close()
-                    accelerator.end_training()
                     saved = output_dir / f"checkpoint-{last_saved}" if last_saved is not None else None
-                    raise TrainingInterrupted(signum, global_step, saved)
+                    interrupted = TrainingInterrupted(signum, global_step, saved)
+                    break
                 if global_step % args.validation_steps == 0 and accelerator.is_main_process:
                     run_validation(accelerator, unet, ema, noise_scheduler, data, args, global_step)
                 if global_step >= max_train_steps:
@@ -622,10 +623,14 @@ def train(args: argparse.Namespace) -> Path:
             skip_batches = 0
     progress.close()
     accelerator.wait_for_everyone()
+    pipeline_dir = output_dir
+    if interrupted is not None:
+        unet = optimizer = lr_scheduler = dataloader = batches = pred = loss = None
+        end_training(accelerator)
+        raise interrupted
     train_seconds = time.perf_counter() - start
     checksums = parameter_checksums(accelerator, accelerator.unwrap_model(unet))
 
-    pipeline_dir = output_dir
     if accelerator.is_main_process:
         summary = {
             "global_step": global_step,
@@ -640,12 +645,30 @@ def train(args: argparse.Namespace) -> Path:
         }
         save_outputs(accelerator, unet, ema, noise_scheduler, data, args, summary, pipeline_dir)
         accelerator.print(f"Saved the pipeline to {pipeline_dir} ({json.dumps(summary)})")
-    accelerator.end_training()
+    unet = optimizer = lr_scheduler = dataloader = batches = pred = loss = None
+    end_training(accelerator)
     if args.push_to_hub and accelerator.is_main_process:
         from condiff.hub import push_pipeline_folder
 
         push_pipeline_folder(pipeline_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
     return pipeline_dir
+
+
+def end_training(accelerator: Accelerator) -> None:
+    """Free the prepared (DDP) model, then end Accelerate's trackers and process group.
+
+    The caller drops its own references first. Order matters with gloo: if the DDP model outlives the process
+    group (Accelerate's `end_training` destroys it), the model's release later runs the process group's C++
+    destructor with the GIL held, while a gloo worker thread may be waiting for the GIL to free a finished
+    collective's tensors: a deadlock at exit, seen here in about 1 of 5 two-process CPU runs (PyTorch issue #56297).
+    Freed first, the model drops a reference the Python process group object still backs, and destroying that
+    object releases the GIL.
+    """
+    import gc
+
+    accelerator.free_memory()  # drops Accelerate's references to the model, optimizer, scheduler, data loader
+    gc.collect()
+    accelerator.end_training()
 
 
 def nonfinite_message(what: str, value: torch.Tensor, step: int, output_dir: Path) -> str:
@@ -766,13 +789,18 @@ def run_validation(accelerator, unet, ema, noise_scheduler, data, args, step: in
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point. Exit status: 0 done (or stopped by SIGTERM after a checkpoint), 1 error with a
     one-line message, 2 bad command line (argparse), 130 stopped by Ctrl-C after a checkpoint."""
+    import faulthandler
+
     from condiff.hub import HubUploadError
 
+    if hasattr(faulthandler, "register"):  # `kill -USR1 <pid>` prints every thread's stack (a hung run)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     args = build_parser().parse_args(argv)
     try:
         train(args)
     except TrainingInterrupted as stop:
-        print(f"condiff: {stop}", flush=True)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"condiff: {stop}", flush=True)
         raise SystemExit(130 if stop.signum == signal.SIGINT else 0) from None
     except (ValueError, HubUploadError, NonFiniteLossError, CheckpointError, OutputWriteError) as err:
         raise SystemExit(f"error: {err}") from err

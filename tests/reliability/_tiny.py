@@ -55,13 +55,14 @@ def run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env(), cwd=REPO)
 
 
-def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None, poll: float = 0.01) -> None:
-    """Poll until `predicate()` is true; fail early if `proc` exits first."""
+def wait_for(predicate, timeout: float, spawned: Spawned | None = None, poll: float = 0.01) -> None:
+    """Poll until `predicate()` is true; fail early if the spawned process exits first."""
     deadline = time.monotonic() + timeout
     while not predicate():
-        if proc is not None and proc.poll() is not None:
-            out, err = proc.communicate()
-            raise AssertionError(f"process ended (rc {proc.returncode}) before the awaited state:\n{err[-3000:]}")
+        if spawned is not None and spawned.proc.poll() is not None:
+            raise AssertionError(
+                f"process ended (rc {spawned.proc.returncode}) before the awaited state:\n{spawned.stderr[-3000:]}"
+            )
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting")
         time.sleep(poll)
@@ -74,3 +75,29 @@ def tensors(path: Path) -> dict[str, torch.Tensor]:
 def max_abs_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+class Spawned:
+    """A training process whose output goes to files (a pipe nobody reads while we wait could fill and stall it)."""
+
+    def __init__(self, cmd: list[str], log_dir: Path, name: str):
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.out_path, self.err_path = log_dir / f"{name}.out", log_dir / f"{name}.err"
+        with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
+            self.proc = subprocess.Popen(cmd, env=env(), cwd=REPO, stdout=out, stderr=err)
+
+    @property
+    def stdout(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=60)

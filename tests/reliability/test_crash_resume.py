@@ -6,14 +6,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 
 import pytest
 import torch
 from _tiny import (
-    REPO,
     TINY,
-    env,
+    Spawned,
     max_abs_difference,
     run,
     tensors,
@@ -33,24 +31,21 @@ EXACT = ["--max_train_steps", "18", "--checkpointing_steps", "5", "--gradient_ac
 
 def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(tmp_path):
     a_dir, b_dir = tmp_path / "uninterrupted", tmp_path / "killed"
-    run_a = subprocess.Popen(train_command(a_dir, *EXACT), env=env(), cwd=REPO, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-    run_b = subprocess.Popen(train_command(b_dir, *EXACT), env=env(), cwd=REPO, text=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    run_a = Spawned(train_command(a_dir, *EXACT), tmp_path / "logs", "a")
+    run_b = Spawned(train_command(b_dir, *EXACT), tmp_path / "logs", "b")
     try:
         # Kill B as soon as its first checkpoint is complete: between checkpoints 5 and 10.
         wait_for(lambda: (b_dir / "checkpoint-5" / "condiff_complete.json").exists(), 240, run_b, poll=0.005)
-        os.kill(run_b.pid, signal.SIGKILL)
+        os.kill(run_b.proc.pid, signal.SIGKILL)
         run_b.wait(timeout=60)
+        assert run_a.wait(timeout=300) == 0, run_a.stderr[-3000:]
     finally:
-        if run_b.poll() is None:
-            run_b.kill()
-    assert run_b.returncode == -signal.SIGKILL
+        run_a.kill()
+        run_b.kill()
+    assert run_b.proc.returncode == -signal.SIGKILL
     assert not (b_dir / "model_index.json").exists(), "B finished before the kill; the test proves nothing"
     assert not (b_dir / "checkpoint-15").exists()
     killed_at = [p.name for p in complete_checkpoints(b_dir)]
-    out_a, err_a = run_a.communicate(timeout=300)
-    assert run_a.returncode == 0, err_a[-3000:]
 
     resumed = run(train_command(b_dir, *EXACT, "--resume_from_checkpoint", "latest"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -72,16 +67,15 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(tmp_path):
 
 def test_sigterm_saves_a_checkpoint_and_exits_0(tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen(train_command(out, "--max_train_steps", "5000", "--checkpointing_steps", "3"), env=env(),
-                            cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc = Spawned(train_command(out, "--max_train_steps", "5000", "--checkpointing_steps", "3"), tmp_path, "log")
     try:
         wait_for(lambda: (out / "checkpoint-3" / "condiff_complete.json").exists(), 240, proc)
-        proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=120)
+        proc.proc.send_signal(signal.SIGTERM)
+        returncode = proc.wait(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, stderr[-3000:]
+        proc.kill()
+    stdout, stderr = proc.stdout, proc.stderr
+    assert returncode == 0, stderr[-3000:]
     line = next(x for x in stdout.splitlines() if "stopped by SIGTERM" in x)
     step = int(line.split(" at step ")[1].split(";")[0])
     assert step < 5000 and f"checkpoint saved to {out / f'checkpoint-{step}'}" in line
