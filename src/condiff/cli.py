@@ -11,6 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from condiff.argtypes import float_in, int_in
 from condiff.models import SAMPLERS
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -37,7 +38,7 @@ def load_pipeline(model: str | None, scheduler: str | None):
     from condiff import ClassConditionalDDPMPipeline, shipped_model_path
     from condiff.models import scheduler_for
 
-    pipe = ClassConditionalDDPMPipeline.from_pretrained(model or shipped_model_path())
+    pipe = ClassConditionalDDPMPipeline.from_pretrained(model or shipped_model_path(), use_safetensors=True)
     if scheduler:
         pipe.scheduler = scheduler_for(scheduler, pipe.scheduler.config)
     return pipe
@@ -117,22 +118,24 @@ def build_parser() -> argparse.ArgumentParser:
             "--model", default=None, help="saved pipeline folder or Hub id (default: the shipped MNIST model)"
         )
         s.add_argument("--scheduler", choices=sorted(SAMPLERS), default=None, help="default: the model's own")
-        s.add_argument("--steps", type=int, default=None, help="inference steps (default: the pipeline's)")
-        s.add_argument("--guidance-scale", type=float, default=3.0)
-        s.add_argument("--seed", type=int, default=0)
+        s.add_argument(
+            "--steps", type=int_in(1, 10_000), default=None, help="inference steps (default: the pipeline's)"
+        )
+        s.add_argument("--guidance-scale", type=float_in(0.0), default=3.0)
+        s.add_argument("--seed", type=int_in(0, 2**64 - 1), default=0)
 
     g = sub.add_parser("generate", help="write a grid of generated images")
     common(g)
     g.add_argument("--label", default=None, help='class id or name, comma-separated list, or "none"')
-    g.add_argument("--num-images", type=int, default=16)
+    g.add_argument("--num-images", type=int_in(1, 65536), default=16)
     g.add_argument("--out", required=True, help="image file to write (.png, .jpg, ...)")
-    g.add_argument("--upscale", type=int, default=2, help="nearest-neighbour zoom of the grid")
+    g.add_argument("--upscale", type=int_in(1, 64), default=2, help="nearest-neighbour zoom of the grid")
     g.add_argument("--quiet", action="store_true")
     g.set_defaults(func=generate)
 
     e = sub.add_parser("evaluate", help="conditional accuracy and Frechet distance of generated samples")
     common(e)
-    e.add_argument("--num-per-class", type=int, default=100)
+    e.add_argument("--num-per-class", type=int_in(1, 65536), default=100)
     e.add_argument("--out", default=None, help="write the metrics as JSON here")
     e.set_defaults(func=evaluate)
 
@@ -148,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, OSError) as err:  # OSError: a model folder that is missing or not safetensors
         print(f"condiff {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -90,7 +90,7 @@ def load_evaluator(path: str | Path | None = None, device: str | torch.device = 
         raise FileNotFoundError(
             f"no evaluator at {path} (expected config.json + safetensors); run scripts/train_evaluator.py"
         )
-    model = MnistClassifier.from_pretrained(str(path))
+    model = MnistClassifier.from_pretrained(str(path), use_safetensors=True)
     return model.to(device).eval()
 
 
