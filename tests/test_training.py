@@ -193,3 +193,36 @@ def test_two_process_torchrun_stays_in_sync_and_rank0_writes(tmp_path):
         assert names.count("model.safetensors") == 1
         assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(names)
     assert result.stdout.count("Saved the pipeline to") == 1
+
+
+def test_trains_on_a_datasets_folder_with_named_columns(tmp_path):
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as ImageFeature
+
+    images, labels = load_mnist_arrays("train")
+    features = Features({"img": ImageFeature(), "digit": ClassLabel(names=["zero", "one", "two"])})
+    keep = labels < 3
+    ds = Dataset.from_dict({"img": list(images[keep][:48]), "digit": labels[keep][:48].tolist()}, features=features)
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    ds.to_parquet(str(folder / "train.parquet"))
+    args = tiny_args(
+        tmp_path, "--dataset_name", str(folder), "--image_column", "img", "--label_column", "digit",
+        "--max_train_steps", "2", "--cache_dir", str(tmp_path / "cache"),
+    )  # fmt: skip
+    pipe = ClassConditionalDDPMPipeline.from_pretrained(train(args))
+    assert pipe.id2label == {0: "zero", 1: "one", 2: "two"} and pipe.unet.config.in_channels == 1
+
+
+def test_bf16_gradient_accumulation_and_tensorboard(tmp_path):
+    """bf16 autocast on CPU, 2 micro-batches per update, and the validation grid logged to TensorBoard."""
+    args = tiny_args(
+        tmp_path, "--mixed_precision", "bf16", "--gradient_accumulation_steps", "2", "--max_train_steps", "3",
+        "--validation_steps", "3", "--report_to", "tensorboard",
+    )  # fmt: skip
+    out = train(args)
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["global_step"] == 3 and np.isfinite(summary["final_loss"])
+    assert (out / "samples" / "step-0000003.png").is_file()
+    events = list((out / "logs").rglob("events.out.tfevents.*"))
+    assert events and sum(e.stat().st_size for e in events) > 1000  # scalars and the validation image
