@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -52,7 +53,25 @@ def free_port() -> int:
 
 
 def run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env(), cwd=REPO)
+    """Run to the end; on timeout kill the whole process group (torchrun's workers too), then fail."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(), cwd=REPO,
+                            start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        out, err = proc.communicate()
+        raise AssertionError(f"timed out after {timeout} s: {cmd}\n{err[-4000:]}") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a process started with start_new_session=True and everything it started."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=60)
 
 
 def wait_for(predicate, timeout: float, spawned: Spawned | None = None, poll: float = 0.01) -> None:
@@ -84,7 +103,7 @@ class Spawned:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.out_path, self.err_path = log_dir / f"{name}.out", log_dir / f"{name}.err"
         with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
-            self.proc = subprocess.Popen(cmd, env=env(), cwd=REPO, stdout=out, stderr=err)
+            self.proc = subprocess.Popen(cmd, env=env(), cwd=REPO, stdout=out, stderr=err, start_new_session=True)
 
     @property
     def stdout(self) -> str:
@@ -98,6 +117,11 @@ class Spawned:
         return self.proc.wait(timeout=timeout)
 
     def kill(self) -> None:
+        """Kill the process and anything it started (torchrun workers), if still running."""
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=60)
+            kill_group(self.proc)
+        else:  # the launcher ended; make sure no worker outlives it
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
