@@ -220,3 +220,10 @@ def test_evaluate_pipeline_calls_the_pipeline_and_reports_everything(classifier)
 
     evaluate_pipeline(pipe, num_per_class=1, num_inference_steps=4, batch_size=10, seed=0, eta=0.5)
     assert pipe.calls[-1]["num_inference_steps"] == 4 and pipe.calls[-1]["eta"] == 0.5
+
+
+def test_evaluate_images_rejects_non_finite_images():
+    images = torch.full((4, 1, 28, 28), 0.5)
+    images[1, 0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        metrics.evaluate_images(images, [0, 1, 2, 3])

@@ -185,6 +185,8 @@ def _to_model_range(images: torch.Tensor | np.ndarray, value_range: tuple[float,
     x = torch.as_tensor(images).detach().to("cpu", torch.float32)
     if x.ndim != 4 or tuple(x.shape[1:]) != (1, 28, 28):
         raise ValueError(f"images must be [N, 1, 28, 28], got {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"images contain {int((~torch.isfinite(x)).sum())} NaN or inf values; cannot score them")
     lo, hi = (float(v) for v in value_range)
     if not hi > lo:
         raise ValueError(f"value_range must be (low, high) with high > low, got {value_range}")
