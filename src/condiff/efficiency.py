@@ -211,19 +211,10 @@ def train_args_for(pipe=None, extra_argv: Sequence[str] = (), output_dir: str | 
 def load_training_tensors(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The training data `train_cfg.py` would use for `args`, converted once to tensors (images [N, C, H, W] in
     [-1, 1], labels [N]) with the same function its collate uses, and the number of classes."""
-    from condiff.data import load_labelled_images, pil_to_model_tensor
+    from condiff.data import pil_to_model_tensor
+    from condiff.training import load_training_data
 
-    data = load_labelled_images(
-        args.dataset_name,
-        args.dataset_config_name,
-        args.train_data_dir,
-        args.image_column,
-        args.label_column,
-        cache_dir=args.cache_dir,
-    )
-    dataset = data.dataset
-    if args.max_train_samples:
-        dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))
+    data, dataset = load_training_data(args)
     first = dataset[0][args.image_column]
     channels = 1 if first.mode in ("L", "1", "I", "F", "I;16") else 3
     images = pil_to_model_tensor(list(dataset[args.image_column]), args.resolution, channels)

@@ -379,6 +379,22 @@ def save_validation_grid(pipeline, num_classes: int, per_class: int, guidance_sc
     return grid
 
 
+def load_training_data(args: argparse.Namespace):
+    """The labelled data set `args` names, and its first `--max_train_samples` rows (all when unset)."""
+    data = load_labelled_images(
+        args.dataset_name,
+        args.dataset_config_name,
+        args.train_data_dir,
+        args.image_column,
+        args.label_column,
+        cache_dir=args.cache_dir,
+    )
+    dataset = data.dataset
+    if args.max_train_samples:
+        dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))
+    return data, dataset
+
+
 def train(args: argparse.Namespace) -> Path:
     """Run training; return the folder of the saved pipeline.
 
@@ -417,17 +433,7 @@ def train(args: argparse.Namespace) -> Path:
     if accelerator.is_main_process:
         clean_stale_temporaries(output_dir)
 
-    data = load_labelled_images(
-        args.dataset_name,
-        args.dataset_config_name,
-        args.train_data_dir,
-        args.image_column,
-        args.label_column,
-        cache_dir=args.cache_dir,
-    )
-    dataset = data.dataset
-    if args.max_train_samples:
-        dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))
+    data, dataset = load_training_data(args)
     dataset, image_check = check_images(dataset, args.image_column, on_bad_image)
     channels = image_check.channels
     if args.validation_images_per_class * data.num_classes > MAX_IMAGES_PER_CALL:

@@ -99,6 +99,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, monkeypatch):
         return real_target(*a, **k)
 
     monkeypatch.setattr(training, "diffusion_target", target_then_ctrl_c)
+    handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN when the test runner was started in the background
     out = tmp_path / "run"
     argv = ["--output_dir", str(out), *TINY, "--max_train_steps", "50", "--checkpointing_steps", "1000"]
     with pytest.raises(SystemExit) as exit_info:
@@ -107,7 +108,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, monkeypatch):
     assert [p.name for p in complete_checkpoints(out)] == ["checkpoint-5"]
     assert not (out / "model_index.json").exists()
     # The handlers are restored afterwards, and the run continues from there to the end.
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler_before
     monkeypatch.setattr(training, "diffusion_target", real_target)
     done = train(tiny_args(out, "--max_train_steps", "8", "--resume_from_checkpoint", "latest"))
     assert json.loads((done / "training_summary.json").read_text())["resumed_from"] == "checkpoint-5"
