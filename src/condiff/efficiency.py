@@ -250,10 +250,9 @@ def bare_training_seconds(
     `extras`, EMA, gradient clipping and the LR schedule are added back (so the remaining gap is the
     framework's). Timed like train_cfg: from just before the first step to after the last."""
     from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
 
     from condiff.models import class_conditional_unet, training_scheduler
-    from condiff.training import diffusion_target, drop_labels
+    from condiff.training import diffusion_target, drop_labels, make_ema
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     images, labels, num_classes = data
@@ -281,14 +280,8 @@ def bare_training_seconds(
         lr_schedule = get_scheduler(
             args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps, num_training_steps=steps
         )
-        if args.use_ema:
-            ema = EMAModel(
-                unet.parameters(),
-                decay=args.ema_max_decay,
-                use_ema_warmup=True,
-                inv_gamma=args.ema_inv_gamma,
-                power=args.ema_power,
-            )
+        ema = make_ema(args, unet)
+        if ema is not None:
             ema.to(device)
     images, labels = images.to(device), labels.to(device)
     batch = args.train_batch_size

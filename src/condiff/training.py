@@ -379,6 +379,21 @@ def save_validation_grid(pipeline, num_classes: int, per_class: int, guidance_sc
     return grid
 
 
+def make_ema(args: argparse.Namespace, unet: torch.nn.Module) -> EMAModel | None:
+    """The EMA of `unet`'s weights that `args` asks for (None with --no-use_ema)."""
+    if not args.use_ema:
+        return None
+    return EMAModel(
+        unet.parameters(),
+        decay=args.ema_max_decay,
+        use_ema_warmup=True,
+        inv_gamma=args.ema_inv_gamma,
+        power=args.ema_power,
+        model_cls=type(unet),
+        model_config=unet.config,
+    )
+
+
 def load_training_data(args: argparse.Namespace):
     """The labelled data set `args` names, and its first `--max_train_samples` rows (all when unset)."""
     data = load_labelled_images(
@@ -461,17 +476,7 @@ def train(args: argparse.Namespace) -> Path:
     )
     noise_scheduler = training_scheduler(args.noise_schedule, args.prediction_type, args.num_train_timesteps)
     null_class = data.num_classes
-    ema = None
-    if args.use_ema:
-        ema = EMAModel(
-            unet.parameters(),
-            decay=args.ema_max_decay,
-            use_ema_warmup=True,
-            inv_gamma=args.ema_inv_gamma,
-            power=args.ema_power,
-            model_cls=type(unet),
-            model_config=unet.config,
-        )
+    ema = make_ema(args, unet)
 
     optimizer = torch.optim.AdamW(
         unet.parameters(),
@@ -640,7 +645,7 @@ def train(args: argparse.Namespace) -> Path:
     if accelerator.is_main_process:
         summary = {
             "global_step": global_step,
-            "train_seconds_this_run": round(train_seconds, 1),
+            "train_seconds_this_run": round(train_seconds, 4),
             "images_per_second": round(images_seen * accelerator.num_processes / max(train_seconds, 1e-9), 1),
             "num_processes": accelerator.num_processes,
             "rank_parameter_checksums": checksums,
