@@ -6,13 +6,13 @@ over the same UNet, batch and data (target: overhead <= 10%).
     python benchmarks/compute_efficiency.py --quick          # smoke run
     python benchmarks/compute_efficiency.py --train-steps 20 80 --train-repeats 5
 
-Writes benchmarks/results/compute_efficiency.{json,md,png}. The code is `condiff.efficiency`.
+Writes benchmarks/results/compute_efficiency.{json,md,png}. The code is `lib/compute_benchmark.py`.
 """
 
 import sys
 from pathlib import Path
 
-from condiff.efficiency import compute_main
+from lib.compute_benchmark import main
 
 if __name__ == "__main__":
-    sys.exit(compute_main(default_out_dir=Path(__file__).resolve().parent / "results"))
+    sys.exit(main(default_out_dir=Path(__file__).resolve().parent / "results"))

@@ -2,7 +2,7 @@
 
     python benchmarks/cuda_check.py --out results/cuda_check.json
 
-Trains a few hundred steps with --mixed_precision no/bf16/fp16 through `condiff.training.train`, then samples
+Trains a few hundred steps with --mixed_precision no/bf16/fp16 through `condiff train cfg`, then samples
 the trained pipeline on CUDA in fp32 and fp16 and scores it with the evaluator.
 """
 
@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from condiff import ClassConditionalDDPMPipeline
-from condiff.metrics import evaluate_pipeline
-from condiff.training import build_parser, train
+from condiff.evaluation import evaluate_pipeline
+from condiff.train import main as train_main
 
 
 def main() -> None:
@@ -40,13 +40,13 @@ def main() -> None:
         return
     precision = a.precision
     out = Path(a.workdir) / precision
-    args = build_parser().parse_args(
-        ["--output_dir", str(out), "--max_train_steps", str(a.steps), "--mixed_precision", precision,
+    argv = (
+        ["cfg", "--output_dir", str(out), "--max_train_steps", str(a.steps), "--mixed_precision", precision,
          "--train_batch_size", "128", "--report_to", "tensorboard", "--checkpointing_steps", str(a.steps // 2),
          "--validation_steps", str(a.steps), "--prediction_type", "v_prediction", "--dataloader_num_workers", "2"]
     )  # fmt: skip
     start = time.perf_counter()
-    train(args)
+    train_main(argv)
     seconds = time.perf_counter() - start
     summary = json.loads((out / "training_summary.json").read_text())
     results = {"train_seconds": round(seconds, 1), "summary": summary}

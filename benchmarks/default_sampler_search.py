@@ -11,10 +11,10 @@ import json
 import sys
 
 import torch
+from lib.textbook import textbook_sample, textbook_scheduler
 
-from condiff import ClassConditionalDDPMPipeline, shipped_model_path
-from condiff.benchmarking import balanced_labels, textbook_sample, textbook_scheduler
-from condiff.metrics import evaluate_images, evaluate_pipeline
+from condiff.evaluation import balanced_labels, evaluate_images, evaluate_pipeline
+from condiff.loading import load_pipeline
 from condiff.models import scheduler_for
 
 KEYS = ("accuracy", "frechet_distance", "floor", "fd_ratio", "fd_ratio_matched", "nfe_per_image")
@@ -23,7 +23,7 @@ KEYS = ("accuracy", "frechet_distance", "floor", "fd_ratio", "fd_ratio_matched",
 def main() -> None:
     round_, out = sys.argv[1], sys.argv[2]
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    pipe = ClassConditionalDDPMPipeline.from_pretrained(shipped_model_path()).to(device)
+    pipe = load_pipeline(device=device)
     base = pipe.scheduler.config
     rows = []
 

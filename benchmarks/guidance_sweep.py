@@ -5,13 +5,14 @@ scale (and the guidance-rescale and guidance-interval variants) of a saved pipel
     python benchmarks/guidance_sweep.py --quick              # smoke run
     python benchmarks/guidance_sweep.py --model out/mnist-cfg --scales 1 3 5 --num-per-class 20
 
-Writes benchmarks/results/guidance_sweep.{json,md,png} and guidance_sweep_grid.png. The code is `condiff.sweep`.
+Writes benchmarks/results/guidance_sweep.{json,md,png} and guidance_sweep_grid.png. The code is
+`condiff.evaluation.sweep`.
 """
 
 import sys
 from pathlib import Path
 
-from condiff.sweep import main
+from condiff.evaluation.sweep import main
 
 if __name__ == "__main__":
     sys.exit(main(default_out_dir=Path(__file__).resolve().parent / "results"))

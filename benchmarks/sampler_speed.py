@@ -6,13 +6,13 @@ run: images/s (and the ratio to the textbook sampler), NFE/image, accuracy, Frec
     python benchmarks/sampler_speed.py --quick               # smoke run
     python benchmarks/sampler_speed.py --textbook-timed-steps 1000 --textbook-quality-per-class 10
 
-Writes benchmarks/results/sampler_speed.{json,md,png}. The code is `condiff.benchmarking.run_sampler_benchmark`.
+Writes benchmarks/results/sampler_speed.{json,md,png}. The code is `lib/sampler_benchmark.py`.
 """
 
 import sys
 from pathlib import Path
 
-from condiff.benchmarking import sampler_main
+from lib.sampler_benchmark import main
 
 if __name__ == "__main__":
-    sys.exit(sampler_main(default_out_dir=Path(__file__).resolve().parent / "results"))
+    sys.exit(main(default_out_dir=Path(__file__).resolve().parent / "results"))

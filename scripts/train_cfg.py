@@ -1,11 +1,11 @@
-"""Train a class-conditional diffusion model with classifier-free guidance.
+"""Train a class-conditional diffusion model with classifier-free guidance (see `--help`).
 
-    accelerate launch scripts/train_cfg.py --output_dir out/mnist-cfg
-
-All options: `python scripts/train_cfg.py --help`. The code lives in `condiff.training`.
+accelerate launch scripts/train_cfg.py --output_dir out/mnist-cfg
 """
 
-from condiff.training import main
+import sys
+
+from condiff.train import main
 
 if __name__ == "__main__":
-    main()
+    main(["cfg", *sys.argv[1:]])

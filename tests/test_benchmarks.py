@@ -1,6 +1,6 @@
-"""The benchmark tooling: the textbook reference sampler, FLOP counting and the peak measurement, the bare training
-loop, and the sampler-speed and compute-efficiency benchmarks end to end with tiny settings (well-formed JSON,
-Markdown and PNG)."""
+"""The benchmark code in benchmarks/lib: the textbook reference sampler, FLOP counting and the peak measurement, the
+bare training loop and its settings, and the sampler-speed and compute-efficiency benchmarks end to end with tiny
+settings (well-formed JSON, Markdown and PNG)."""
 
 from __future__ import annotations
 
@@ -16,17 +16,19 @@ from diffusers import DDPMScheduler
 from PIL import Image
 from test_sweep import tiny_mnist_pipeline
 
-from condiff.benchmarking import sampler_main, textbook_sample, textbook_scheduler
-from condiff.efficiency import (
-    bare_training_seconds,
-    compute_main,
-    load_training_tensors,
-    matmul_peak,
-    train_args_for,
-    unet_forward_flops,
-)
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))  # what `python benchmarks/<script>.py` puts first on the path
+
+from lib.compute import matmul_peak, unet_forward_flops  # noqa: E402
+from lib.compute_benchmark import main as compute_main  # noqa: E402
+from lib.sampler_benchmark import main as sampler_main  # noqa: E402
+from lib.textbook import textbook_sample, textbook_scheduler  # noqa: E402
+from lib.training_loops import (  # noqa: E402
+    bare_training_seconds,
+    load_training_tensors,
+    parse_training_flags,
+    train_cfg_argv,
+)
 
 
 @pytest.fixture(scope="module")
@@ -106,18 +108,31 @@ def test_matmul_peak_reports_a_rate():
     assert peak["flops_per_second"] >= peak["median_flops_per_second"] > 0
 
 
-def test_train_args_follow_the_pipeline_and_the_bare_loop_runs(tiny_mnist_dir):
+def test_both_training_loops_get_the_shared_flags_and_the_pipelines_unet(tiny_mnist_dir):
     from condiff import ClassConditionalDDPMPipeline
 
     pipe = ClassConditionalDDPMPipeline.from_pretrained(tiny_mnist_dir)
-    args = train_args_for(pipe, ["--train_batch_size", "4", "--max_train_samples", "16"])
-    assert args.block_out_channels == [8, 16] and args.norm_num_groups == 4 and args.resolution == 28
-    assert args.num_train_timesteps == 30 and args.report_to == "none" and args.use_ema
-    images, labels, num_classes = load_training_tensors(args)
+    flags, rest = parse_training_flags(["--train_batch_size", "4", "--max_train_samples", "16", "--cache_dir", "c"])
+    assert (
+        flags.train_batch_size == 4 and flags.learning_rate == 1e-3 and flags.use_ema and rest == ["--cache_dir", "c"]
+    )
+    argv = train_cfg_argv(pipe, flags, rest)
+    flag = {a: argv[i + 1] for i, a in enumerate(argv[:-1]) if a.startswith("--")}
+    assert argv[argv.index("--block_out_channels") + 1 : argv.index("--block_out_channels") + 3] == ["8", "16"]
+    assert flag["--norm_num_groups"] == "4" and flag["--resolution"] == "28" and flag["--num_train_timesteps"] == "30"
+    assert flag["--train_batch_size"] == "4" and flag["--learning_rate"] == "0.001" and flag["--p_uncond"] == "0.1"
+    assert flag["--ema_max_decay"] == "0.9999" and flag["--report_to"] == "none" and argv[-2:] == ["--cache_dir", "c"]
+    assert "--use_ema" in argv and "--attention" not in argv
+    with pytest.raises(ValueError, match="gradient accumulation"):
+        parse_training_flags(["--gradient_accumulation_steps", "2"])
+    with pytest.raises(ValueError, match="--train_batch_size"):
+        parse_training_flags(["--train_batch_size", "0"])
+
+    images, labels, num_classes = load_training_tensors(flags, 28)
     assert images.shape == (16, 1, 28, 28) and labels.shape == (16,) and num_classes == 10
     assert -1 <= images.min() and images.max() <= 1
     for extras in (False, True):
-        assert bare_training_seconds(args, 3, (images, labels, num_classes), extras=extras, device="cpu") > 0
+        assert bare_training_seconds(pipe, flags, 3, (images, labels, num_classes), extras=extras, device="cpu") > 0
 
 
 # --- end to end ---------------------------------------------------------------------------------------------------

@@ -72,20 +72,25 @@ def test_bad_guidance_arguments(kwargs, match):
         check_guidance_arguments("3", 0.0, (0.0, 1.0))
 
 
+def _call(pipe, **kwargs):
+    return pipe(generator=torch.Generator().manual_seed(0), num_inference_steps=4, output_type="pt", **kwargs)
+
+
 def _sample(pipe, **kwargs):
-    return pipe(generator=torch.Generator().manual_seed(0), num_inference_steps=4, output_type="pt", **kwargs).images
+    return _call(pipe, **kwargs).images
 
 
 def test_scale_zero_is_unconditional_sampling(pipe):
-    guided = _sample(pipe, label=[0, 2], guidance_scale=0.0)
-    uncond = _sample(pipe, label=None, num_images_per_label=2)
-    assert torch.equal(guided, uncond)
-    assert pipe.last_nfe_per_image == 4
+    guided = _call(pipe, label=[0, 2], guidance_scale=0.0)
+    uncond = _call(pipe, label=None, num_images_per_label=2)
+    assert torch.equal(guided.images, uncond.images)
+    assert guided.nfe_per_image == uncond.nfe_per_image == 4
 
 
 def test_scale_one_is_conditional_sampling(pipe):
-    guided = _sample(pipe, label=[0, 2], guidance_scale=1.0)
-    assert pipe.last_nfe_per_image == 4
+    out = _call(pipe, label=[0, 2], guidance_scale=1.0)
+    guided = out.images
+    assert out.nfe_per_image == 4
 
     # Plain conditional sampling written out with the scheduler, no guidance code at all.
     latents = torch.randn((2, 1, 8, 8), generator=torch.Generator().manual_seed(0))
@@ -101,9 +106,9 @@ def test_scale_one_is_conditional_sampling(pipe):
 
 
 def test_guided_sampling_batches_both_branches_and_differs(pipe):
-    guided = _sample(pipe, label=[0, 2], guidance_scale=4.0)
-    assert pipe.last_nfe_per_image == 8
-    assert not torch.allclose(guided, _sample(pipe, label=[0, 2], guidance_scale=1.0))
+    guided = _call(pipe, label=[0, 2], guidance_scale=4.0)
+    assert guided.nfe_per_image == 8
+    assert not torch.allclose(guided.images, _sample(pipe, label=[0, 2], guidance_scale=1.0))
 
 
 def test_full_interval_equals_plain_cfg_and_empty_interval_equals_conditional(pipe):
@@ -111,6 +116,6 @@ def test_full_interval_equals_plain_cfg_and_empty_interval_equals_conditional(pi
     assert torch.equal(_sample(pipe, label=[1, 2], guidance_scale=3.0, guidance_interval=(0.0, 1.0)), plain)
     conditional = _sample(pipe, label=[1, 2], guidance_scale=1.0)
     # An interval no timestep falls into: every step runs the conditional branch only.
-    empty = _sample(pipe, label=[1, 2], guidance_scale=3.0, guidance_interval=(0.999, 0.999))
-    assert torch.equal(empty, conditional)
-    assert pipe.last_nfe_per_image == 4
+    empty = _call(pipe, label=[1, 2], guidance_scale=3.0, guidance_interval=(0.999, 0.999))
+    assert torch.equal(empty.images, conditional)
+    assert empty.nfe_per_image == 4

@@ -1,4 +1,5 @@
-"""Tests of condiff.metrics and the shipped evaluator (fast: the evaluator is ~0.5M parameters)."""
+"""Tests of condiff.evaluation.metrics, evaluate_pipeline and the shipped evaluator (fast: the evaluator is ~0.5M
+parameters)."""
 
 from __future__ import annotations
 
@@ -10,18 +11,18 @@ import numpy as np
 import pytest
 import torch
 
-from condiff import metrics
 from condiff.data import load_mnist_arrays, uint8_to_model_tensor
-from condiff.evaluator import MnistClassifier, default_evaluator_path, load_evaluator
-from condiff.metrics import (
+from condiff.evaluation import (
     classifier_features_and_logits,
     conditional_accuracy,
     evaluate_images,
     evaluate_pipeline,
     frechet_distance,
+    metrics,
     real_features,
     real_vs_real_floor,
 )
+from condiff.evaluator import MnistClassifier, default_evaluator_path, load_evaluator
 
 
 def _whitened(n: int, d: int, seed: int) -> np.ndarray:
@@ -197,8 +198,7 @@ class _RealImagePipeline:
             i = counts.get(c, 0) + 10 * len(self.calls)  # different rows per call
             counts[c] = counts.get(c, 0) + 1
             out.append(self.by_class[c][i % len(self.by_class[c])])
-        self.last_nfe_per_image = 7.0
-        return SimpleNamespace(images=torch.stack(out))
+        return SimpleNamespace(images=torch.stack(out), nfe_per_image=7.0)
 
 
 def test_evaluate_pipeline_calls_the_pipeline_and_reports_everything(classifier):

@@ -9,7 +9,7 @@ from PIL import Image
 
 from condiff import ClassConditionalDDPMPipeline, shipped_model_path
 from condiff.cli import main as cli_main
-from condiff.metrics import classifier_features_and_logits, default_classifier
+from condiff.evaluation import classifier_features_and_logits, default_classifier
 
 
 def test_shipped_model_samples_are_classified_as_requested():
@@ -39,7 +39,7 @@ def test_generate_command_refuses_bad_input_before_sampling(tmp_path):
     keep = tmp_path / "keep.png"
     keep.write_bytes(b"old")
     result = subprocess.run(
-        [sys.executable, "-m", "condiff.cli", "generate", "--label", "eleven", "--out", str(keep)],
+        [sys.executable, "-m", "condiff.cli", "generate", "--label", "eleven", "--out", str(keep), "--overwrite"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -47,3 +47,36 @@ def test_generate_command_refuses_bad_input_before_sampling(tmp_path):
     assert result.returncode == 2
     assert "label 'eleven' is not a class name" in result.stderr and "'three'" in result.stderr
     assert keep.read_bytes() == b"old"
+
+
+def test_shipped_folder_loads_without_condiff_from_its_own_code(tmp_path):
+    """The shipped model carries the pipeline code (links to pipelines/, real files in a wheel), so the folder
+    alone loads through diffusers' custom-pipeline mechanism with condiff made unimportable."""
+    from pathlib import Path
+
+    from condiff.hub import PIPELINE_CODE
+
+    folder = shipped_model_path()
+    repo_pipelines = Path(__file__).resolve().parents[1] / "pipelines"
+    for target, source in PIPELINE_CODE.items():
+        assert (folder / target).read_bytes() == (repo_pipelines / source).read_bytes(), target
+    code = (
+        "import sys, torch\n"
+        "sys.modules['condiff'] = None\n"
+        "from diffusers import DiffusionPipeline\n"
+        "pipe = DiffusionPipeline.from_pretrained(sys.argv[1], custom_pipeline=sys.argv[1], trust_remote_code=True)\n"
+        "pipe.set_progress_bar_config(disable=True)\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "out = pipe(label=[3, 3], num_inference_steps=4, generator=g, output_type='pt')\n"
+        "torch.save(out.images, sys.argv[2])\n"
+        "print(type(pipe).__module__, out.nfe_per_image)\n"
+    )
+    saved = tmp_path / "images.pt"
+    result = subprocess.run([sys.executable, "-c", code, str(folder), str(saved)], capture_output=True, text=True,
+                            timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("diffusers_modules")
+    pipe = ClassConditionalDDPMPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(label=[3, 3], num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="pt")
+    assert torch.allclose(torch.load(saved, weights_only=True), expected.images, atol=1e-5)

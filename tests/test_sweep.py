@@ -1,23 +1,33 @@
-"""The guidance sweep (condiff.sweep): settings, the diversity measure on known inputs, and end-to-end runs with
-tiny settings through `condiff sweep`, producing well-formed JSON, Markdown and PNGs."""
+"""The guidance sweep (condiff.evaluation.sweep) and the generation it runs on: settings, balanced seeded sampling,
+the diversity measure on known inputs, and end-to-end runs with tiny settings through `condiff sweep`, producing
+well-formed JSON, Markdown and PNGs."""
 
 from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from condiff.pipelines.checks import unet_sample_size
 from conftest import tiny_pipeline
 from diffusers import DDPMScheduler
 from PIL import Image
 
 from condiff import ClassConditionalDDPMPipeline
-from condiff.benchmarking import Samples, generate_samples, metric_fields, score_samples, within_class_diversity
 from condiff.cli import main as cli_main
-from condiff.models import class_conditional_unet, default_sampling_scheduler
-from condiff.sweep import DEFAULT_SCALES, GuidanceSetting, sweep_settings
+from condiff.evaluation import Samples, generate_samples, score_samples, within_class_diversity
+from condiff.evaluation.scoring import metric_fields
+from condiff.evaluation.sweep import DEFAULT_SCALES, GuidanceSetting, sweep_settings
+from condiff.models import (
+    DPM_SOLVER_SETTINGS,
+    class_conditional_unet,
+    default_sampling_scheduler,
+    scheduler_for,
+    training_scheduler,
+)
 
 
 def tiny_mnist_pipeline() -> ClassConditionalDDPMPipeline:
@@ -98,6 +108,47 @@ def test_generate_samples_is_balanced_seeded_and_counts_nfe():
     assert len(a.first_of_each_class()) == 3
 
 
+class _Recorder:
+    """A stand-in pipeline that records its calls and reports NFE per image in its output."""
+
+    num_classes = 2
+
+    def __init__(self):
+        self.calls: list[dict] = []
+        self._progress_bar_config = {"leave": False}
+
+    def set_progress_bar_config(self, **kwargs):
+        self._progress_bar_config.update(kwargs)
+
+    def __call__(self, label, output_type, generator=None, **kwargs):
+        seed = None if generator is None else generator.initial_seed()
+        self.calls.append({"n": len(label), "seed": seed, "bar": dict(self._progress_bar_config), **kwargs})
+        return SimpleNamespace(images=torch.zeros(len(label), 4, 4, 1), nfe_per_image=float(len(label)))
+
+
+def test_generate_samples_warms_up_untimed_weights_nfe_and_restores_the_progress_bar():
+    pipe = _Recorder()
+    samples = generate_samples(pipe, num_per_class=3, batch_size=4, seed=5, guidance_scale=2.0)
+    warm, *timed = pipe.calls
+    assert warm["n"] == 4 and warm["seed"] is None and warm["num_inference_steps"] == 2
+    assert [(c["n"], c["seed"]) for c in timed] == [(4, 5), (2, 6)]
+    assert all(c["bar"]["disable"] and c["guidance_scale"] == 2.0 for c in pipe.calls)
+    assert pipe._progress_bar_config == {"leave": False}  # restored
+    assert samples.labels.tolist() == [0, 1, 0, 1, 0, 1]
+    assert samples.images.shape == (6, 1, 4, 4)  # channels-last output turned to [N, C, H, W]
+    assert samples.nfe_per_image == pytest.approx((4 * 4 + 2 * 2) / 6)  # weighted by images per batch
+    with pytest.raises(ValueError, match="batch_size"):
+        generate_samples(pipe, num_per_class=1, batch_size=0)
+
+
+def test_default_sampler_is_the_dpm_solver_short_name():
+    train = training_scheduler("squaredcos_cap_v2", "epsilon", 30)
+    shipped = default_sampling_scheduler(train)
+    assert shipped.config == scheduler_for("dpm++2m", train.config).config
+    assert {k: shipped.config[k] for k in DPM_SOLVER_SETTINGS} == DPM_SOLVER_SETTINGS
+    assert unet_sample_size(class_conditional_unet(3, sample_size=8).config) == (8, 8)
+
+
 def test_diverged_samples_are_counted_not_scored():
     images = torch.rand(4, 1, 28, 28)
     images[2, 0, 3, 3] = float("nan")
@@ -149,7 +200,7 @@ def test_sweep_command_end_to_end_on_a_tiny_mnist_pipeline(tiny_mnist_dir, tmp_p
 
 
 def test_sweep_runs_on_any_pipeline_without_scores_when_the_evaluator_does_not_fit(tmp_path):
-    from condiff.sweep import main
+    from condiff.evaluation.sweep import main
 
     model = tmp_path / "tiny8"
     tiny_pipeline().save_pretrained(model)
@@ -175,6 +226,10 @@ def test_sweep_runs_on_any_pipeline_without_scores_when_the_evaluator_does_not_f
 )
 def test_sweep_rejects_bad_arguments_before_model_work(tmp_path, capsys, extra, match):
     out = tmp_path / "r"
-    assert cli_main(["sweep", "--model", str(tmp_path / "missing"), "--out-dir", str(out), *extra]) == 2
+    try:
+        code = cli_main(["sweep", "--model", str(tmp_path / "missing"), "--out-dir", str(out), *extra])
+    except SystemExit as stop:  # argparse rejects out-of-range numbers while parsing
+        code = stop.code
+    assert code == 2
     assert match in capsys.readouterr().err
     assert not list(out.glob("*.json"))

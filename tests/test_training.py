@@ -13,9 +13,11 @@ from PIL import Image
 
 from condiff import ClassConditionalDDPMPipeline
 from condiff.data import load_mnist_arrays, uint8_to_model_tensor
-from condiff.hub import HubUploadError, push_pipeline_folder
+from condiff.diffusion import denoising_loss, drop_labels
+from condiff.hub import HubUploadError, push_folder
 from condiff.models import class_conditional_unet, training_scheduler
-from condiff.training import build_parser, denoising_loss, drop_labels, train
+from condiff.tasks.cfg import CFGTask
+from condiff.train import build_parser, run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -26,7 +28,11 @@ TINY = [
 
 
 def tiny_args(tmp_path, *extra):
-    return build_parser().parse_args(["--output_dir", str(tmp_path / "run"), *TINY, *extra])
+    return ["cfg", "--output_dir", str(tmp_path / "run"), *TINY, *extra]
+
+
+def train(argv: list[str]) -> Path:
+    return run(argv)
 
 
 def test_drop_labels_is_per_sample_at_the_requested_rate():
@@ -66,9 +72,8 @@ def test_empty_image_folder_and_unwritable_output(tmp_path):
         train(tiny_args(tmp_path, "--train_data_dir", str(empty.parent)))
     blocker = tmp_path / "file"
     blocker.write_text("keep me")
-    args = build_parser().parse_args(["--output_dir", str(blocker / "sub"), *TINY])
     with pytest.raises(ValueError, match="--output_dir"):
-        train(args)
+        train(["cfg", "--output_dir", str(blocker / "sub"), *TINY])
     assert blocker.read_text() == "keep me"
 
 
@@ -119,6 +124,9 @@ def test_outputs_model_card_and_hub_staging(tmp_path, monkeypatch):
         assert (out / name).is_file(), name
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     card = (out / "README.md").read_text()
+    # The card names the real output folder (not the temporary folder it was staged in) in its title and code.
+    assert f"# {out.name}\n" in card and f'from_pretrained("{out}")' in card and ".tmp-" not in card
+    assert f'custom_pipeline="{out}"' in card and (out / "pipeline.py").is_file()
     assert "mnist-10k" in card
     assert "accelerate launch scripts/train_cfg.py --output_dir" in card and "--max_train_steps 3 " in card
     assert "v_prediction" not in card and "epsilon" in card
@@ -130,9 +138,14 @@ def test_outputs_model_card_and_hub_staging(tmp_path, monkeypatch):
         uploaded["ignore"] = kw["ignore_patterns"]
         return "ok"
 
+    # Pushing names the Hub id in the card instead.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(HubUploadError):
+        train(tiny_args(tmp_path, "--max_train_steps", "1", "--push_to_hub", "--hub_model_id", "someone/tiny-id"))
+    assert 'from_pretrained("someone/tiny-id")' in (out / "README.md").read_text()
     monkeypatch.setattr("condiff.hub.create_repo", lambda *a, **k: None)
     monkeypatch.setattr("condiff.hub.upload_folder", fake_upload_folder)
-    assert push_pipeline_folder(out, "someone/tiny") == "ok"
+    assert push_folder(out, "someone/tiny") == "ok"
     for name in ("pipeline.py", "guidance.py", "labels.py", "README.md", "model_index.json"):
         assert name in uploaded["files"]
     assert "checkpoint-*" in uploaded["ignore"]
@@ -149,24 +162,32 @@ def test_push_to_unreachable_hub_keeps_local_results(tmp_path, monkeypatch):
     assert (out / "README.md").is_file() and (out / "pipeline.py").is_file()
 
 
+@torch.no_grad()
+def held_out_loss(unet, scheduler, clean, labels) -> float:
+    """The training objective on a fixed batch with fixed noise and timesteps (before/after comparisons)."""
+    return denoising_loss(unet, scheduler, clean, torch.Generator().manual_seed(0), class_labels=labels).item()
+
+
 @pytest.mark.slow
 def test_short_training_reduces_the_denoising_loss(tmp_path):
     """About a minute of real training on an MNIST subset: the held-out denoising loss must fall clearly."""
     images, labels = load_mnist_arrays("test")
     clean, y = uint8_to_model_tensor(images[:256]), torch.from_numpy(labels[:256])
-    args = build_parser().parse_args(
-        ["--output_dir", str(tmp_path / "run"), "--block_out_channels", "16", "32", "32", "--norm_num_groups", "8",
-         "--train_batch_size", "32", "--max_train_samples", "2000", "--max_train_steps", "150",
+    argv = (
+        ["cfg", "--output_dir", str(tmp_path / "run"), "--block_out_channels", "16", "32", "32",
+         "--norm_num_groups", "8", "--train_batch_size", "32", "--max_train_samples", "2000",
+         "--max_train_steps", "150",
          "--lr_warmup_steps", "20", "--checkpointing_steps", "1000", "--validation_steps", "1000",
          "--report_to", "none", "--no-use_ema", "--validation_inference_steps", "2"]
     )  # fmt: skip
+    args = build_parser(CFGTask).parse_args(argv[1:])
     torch.manual_seed(args.seed)
     untrained = class_conditional_unet(10, 28, 1, (16, 32, 32), 1, False, 8)
     scheduler = training_scheduler(args.noise_schedule, args.prediction_type)
-    before = denoising_loss(untrained, scheduler, clean, y)
-    out = train(args)
+    before = held_out_loss(untrained, scheduler, clean, y)
+    out = train(argv)
     trained = ClassConditionalDDPMPipeline.from_pretrained(out).unet
-    after = denoising_loss(trained, scheduler, clean, y)
+    after = held_out_loss(trained, scheduler, clean, y)
     assert after < 0.35 * before, (before, after)
     assert np.isfinite(after)
 
@@ -192,7 +213,7 @@ def test_two_process_torchrun_stays_in_sync_and_rank0_writes(tmp_path):
         names = sorted(p.name for p in (out / ckpt).iterdir())
         assert names.count("model.safetensors") == 1
         assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(names)
-    assert result.stdout.count("Saved the pipeline to") == 1
+    assert result.stdout.count("Saved to ") == 1
 
 
 def test_trains_on_a_datasets_folder_with_named_columns(tmp_path):

@@ -1,11 +1,15 @@
-"""argparse types for numbers: bad values fail at parse time, and argparse names the flag in its message
-("argument --steps: must be an integer in 1..10000, got '0'"), before any model is loaded."""
+"""argparse types for numbers and output-file checks: bad values fail at parse time, and argparse names the flag
+in its message ("argument --steps: must be an integer in 1..10000, got '0'"), before any model is loaded.
+Light on purpose (no torch): the CLI imports it before parsing."""
 
 from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from condiff.files import check_writable_dir
 
 
 def int_in(low: int, high: int | None = None) -> Callable[[str], int]:
@@ -39,3 +43,22 @@ def float_in(low: float, high: float = math.inf) -> Callable[[str], float]:
 
     parse.__name__ = "number"
     return parse
+
+
+def check_output_file(path: str | Path, flag: str, suffixes: Iterable[str] = (), overwrite: bool = False) -> Path:
+    """Refuse an output file before any model work: a wrong suffix, a folder, a missing or unwritable parent
+    folder (proved with a throw-away file, since permission bits do not tell for root or read-only mounts), or an
+    existing file without `overwrite`."""
+    path = Path(path)
+    suffixes = tuple(suffixes)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise ValueError(f"{flag} {str(path)!r} must end in one of {', '.join(suffixes)}")
+    if path.is_dir():
+        raise ValueError(f"{flag} {str(path)!r} is a folder; give a file name")
+    parent = path.parent
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {str(path)!r}: folder {str(parent)!r} does not exist")
+    if path.exists() and not overwrite:
+        raise ValueError(f"{flag} {str(path)!r} already exists; pass --overwrite to replace it")
+    check_writable_dir(parent, f"{flag} {str(path)!r}: folder", create=False)
+    return path

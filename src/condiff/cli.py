@@ -1,50 +1,85 @@
-"""The `condiff` command: generate digits from the shipped (or any saved) model, evaluate a pipeline, sweep the
-guidance scale."""
+"""The `condiff` command: generate images from the shipped (or any saved) model, evaluate a pipeline, sweep the
+guidance scale, train a task (`condiff train cfg ...`).
+
+Arguments are parsed and output paths checked before torch, diffusers or PIL is imported, so `--help` and bad
+arguments are answered at once; `train` hands its arguments to `condiff.train` (`condiff train cfg --help`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
 import math
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-from PIL import Image
+from condiff import __version__
+from condiff.argtypes import check_output_file, float_in, int_in
+from condiff.evaluation.cli_args import add_sweep_arguments
+from condiff.options import IMAGE_SUFFIXES, SAMPLERS
 
-from condiff.argtypes import float_in, int_in
-from condiff.models import SAMPLERS
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-
-
-def check_output_path(path: str | Path, flag: str, suffixes: set[str] | None = None) -> Path:
-    """Refuse an output path that cannot be written, before any model work."""
-    path = Path(path)
-    if suffixes is not None and path.suffix.lower() not in suffixes:
-        raise ValueError(f"{flag} {str(path)!r} must end in one of {', '.join(sorted(suffixes))}")
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise ValueError(f"{flag} {str(path)!r} is a folder; give a file name")
-    if not parent.is_dir():
-        raise ValueError(f"{flag} {str(path)!r}: folder {str(parent)!r} does not exist")
-    import os
-
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ValueError(f"{flag} {str(path)!r} cannot be written (permission denied)")
-    return path
-
-
-def load_pipeline(model: str | None, scheduler: str | None):
-    from condiff import ClassConditionalDDPMPipeline, shipped_model_path
-    from condiff.models import scheduler_for
-
-    pipe = ClassConditionalDDPMPipeline.from_pretrained(model or shipped_model_path(), use_safetensors=True)
-    if scheduler:
-        pipe.scheduler = scheduler_for(scheduler, pipe.scheduler.config)
-    return pipe
+EVALUATOR_SCOPE = (
+    "condiff evaluate scores 10-class, 1-channel 28x28 models (MNIST-like digits, judged by the shipped MNIST "
+    "classifier)"
+)
+# evaluate_pipeline's keys -> the report's self-describing ones (which floor each Frechet ratio divides by)
+REPORT_KEYS = {
+    "floor": "floor_all_train_rows",
+    "fd_ratio": "fd_over_floor_all_train_rows",
+    "floor_matched": "floor_same_n",
+    "fd_ratio_matched": "fd_over_floor_same_n",
+}
+REPORT_NOTES = {
+    "frechet_distance": "evaluator features of the generated samples vs the MNIST test split",
+    "floor_all_train_rows": "real vs real: all MNIST train rows vs the test split",
+    "floor_same_n": "real vs real: train subsets of num_samples rows vs the test split (mean of 5 draws); "
+    "the fair floor for num_samples generated images (small samples inflate the Frechet distance)",
+}
 
 
-def parse_label(text: str | None):
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" to each option's help, unless the help already states it or there is none (None/False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+@contextlib.contextmanager
+def quiet_libraries(quiet: bool) -> Iterator[None]:
+    """With `quiet`: no diffusers / huggingface_hub progress bars ("Loading pipeline components...") and only
+    their errors logged; the previous settings are restored afterwards."""
+    if not quiet:
+        yield
+        return
+    import huggingface_hub.utils as hub_utils
+    from diffusers.utils import logging as diffusers_logging
+
+    bar, level, hub_bars_off = (
+        diffusers_logging.is_progress_bar_enabled(),
+        diffusers_logging.get_verbosity(),
+        hub_utils.are_progress_bars_disabled(),
+    )
+    diffusers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+    hub_utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)
+        if bar:
+            diffusers_logging.enable_progress_bar()
+        if not hub_bars_off:
+            hub_utils.enable_progress_bars()
+
+
+def parse_label(text: str | None) -> int | str | list[int | str] | None:
+    """--label text -> the pipeline's `label`: None (unconditional), one id or name, or a list of them."""
     if text is None or text.lower() in ("none", "uncond", "unconditional"):
         return None
     parts = [p.strip() for p in text.split(",") if p.strip()]
@@ -52,107 +87,199 @@ def parse_label(text: str | None):
     return values[0] if len(values) == 1 else values
 
 
-def generate(args: argparse.Namespace) -> Path:
-    import torch
-    from diffusers.utils import make_image_grid
+def image_grid(images: list, cols: int, upscale: int) -> Any:
+    """Paste PIL images row by row into a grid `cols` wide, zoomed `upscale` times (nearest neighbour)."""
+    from PIL import Image
 
-    out = check_output_path(args.out, "--out", IMAGE_SUFFIXES)
-    if args.num_images < 1:
-        raise ValueError(f"--num-images must be >= 1, got {args.num_images}")
+    width, height = images[0].size
+    rows = math.ceil(len(images) / cols)
+    grid = Image.new(images[0].mode, (cols * width, rows * height))
+    for i, image in enumerate(images):
+        grid.paste(image, ((i % cols) * width, (i // cols) * height))
+    return grid.resize((grid.width * upscale, grid.height * upscale), Image.NEAREST)
+
+
+def generate(args: argparse.Namespace) -> Path:
+    """`condiff generate`: --num-images per label; one grid row per label when several are given."""
+    out = check_output_file(args.out, "--out", IMAGE_SUFFIXES, args.overwrite)
+    import io
+
+    import torch
+    from PIL import Image
+
+    from condiff.files import atomic_write_bytes
+    from condiff.loading import load_pipeline
+
     pipe = load_pipeline(args.model, args.scheduler)
     label = parse_label(args.label)
     ids = pipe.get_label_ids(label)  # validates before sampling
-    per_label = max(1, args.num_images // (len(ids) if ids else 1))
     pipe.set_progress_bar_config(disable=args.quiet)
     kwargs = {} if args.steps is None else {"num_inference_steps": args.steps}
     images = pipe(
         label=label,
-        num_images_per_label=per_label,
+        num_images_per_label=args.num_images,
         guidance_scale=args.guidance_scale,
         generator=torch.Generator().manual_seed(args.seed),
         **kwargs,
     ).images
-    cols = per_label if ids and len(ids) > 1 else math.ceil(math.sqrt(len(images)))
-    rows = math.ceil(len(images) / cols)
-    images += [Image.new(images[0].mode, images[0].size)] * (rows * cols - len(images))
-    grid = make_image_grid(images, rows=rows, cols=cols)
-    grid = grid.resize((grid.width * args.upscale, grid.height * args.upscale), Image.NEAREST)
-    grid.save(out)
-    print(f"wrote {out} ({len(ids or [None]) * per_label} images, label={label}, guidance_scale={args.guidance_scale})")
+    num_labels = len(ids) if ids else 1
+    cols = args.num_images if num_labels > 1 else math.ceil(math.sqrt(len(images)))
+    data = io.BytesIO()
+    image_grid(images, cols, args.upscale).save(data, format=Image.registered_extensions()[out.suffix.lower()])
+    atomic_write_bytes(out, data.getvalue())
+    print(
+        f"wrote {out} ({len(images)} images: {args.num_images} per label x {num_labels} label(s), label={label}, "
+        f"guidance_scale={args.guidance_scale})"
+    )
     return out
 
 
-def evaluate(args: argparse.Namespace) -> dict:
-    from condiff.metrics import evaluate_pipeline
+def evaluable_or_raise(pipe: Any, model: str | None) -> None:
+    """Refuse, before sampling, a model the MNIST evaluator cannot score."""
+    from condiff.evaluation.sampling import can_evaluate
+    from condiff.pipelines.checks import unet_sample_size
 
+    if not can_evaluate(pipe):
+        cfg = pipe.unet.config
+        height, width = unet_sample_size(cfg)
+        shape = f"{pipe.num_classes}-class, {cfg.in_channels}-channel {height}x{width}"
+        raise ValueError(f"{EVALUATOR_SCOPE}; --model {model or 'shipped'!r} is a {shape} model")
+
+
+def labelled_report(result: dict[str, Any], model: str | None) -> dict[str, Any]:
+    """evaluate_pipeline's result with each Frechet floor and ratio named after its floor, and notes."""
+    report = {"model": model or "shipped"}
+    report |= {REPORT_KEYS.get(key, key): value for key, value in result.items()}
+    report["notes"] = REPORT_NOTES
+    return report
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """`condiff evaluate`: accuracy and Frechet distance of generated samples, as JSON."""
     if args.out:
-        check_output_path(args.out, "--out", {".json"})
+        check_output_file(args.out, "--out", (".json",), args.overwrite)
+    from condiff.evaluation import evaluate_pipeline
+    from condiff.evaluation.sampling import default_num_inference_steps
+    from condiff.files import atomic_write_text
+    from condiff.loading import load_pipeline
+
     pipe = load_pipeline(args.model, args.scheduler)
+    evaluable_or_raise(pipe, args.model)
     pipe.set_progress_bar_config(disable=True)
     result = evaluate_pipeline(
         pipe,
         guidance_scale=args.guidance_scale,
         num_per_class=args.num_per_class,
-        num_inference_steps=args.steps,
+        num_inference_steps=args.steps if args.steps is not None else default_num_inference_steps(pipe),
         seed=args.seed,
     )
-    text = json.dumps(result, indent=2)
+    report = labelled_report(result, args.model)
+    text = json.dumps(report, indent=2)
     print(text)
     if args.out:
-        Path(args.out).write_text(text)
-    return result
+        atomic_write_text(args.out, text + "\n")
+    return report
 
 
-def sweep(args: argparse.Namespace) -> dict:
-    from condiff.sweep import run_from_args
+def sweep(args: argparse.Namespace) -> None:
+    """`condiff sweep`: the guidance sweep (`condiff.evaluation.sweep`); matplotlib is checked first."""
+    if importlib.util.find_spec("matplotlib") is None:  # before any model work, not after the whole sweep
+        raise ValueError(
+            'condiff sweep plots its results with matplotlib, which is not installed: pip install "condiff[plots]"'
+        )
+    from condiff.evaluation.sweep import run_from_args
 
-    return run_from_args(args)
+    run_from_args(args)
+
+
+def train(argv: list[str]) -> int:
+    """`condiff train <task> ...` = `python -m condiff.train <task> ...` (which parses its own flags)."""
+    from condiff.train import main as train_main
+
+    train_main(argv)
+    return 0
+
+
+# Commands that parse their own arguments: main() hands them everything after the command name.
+FORWARDED: dict[str, Callable[[list[str]], int]] = {"train": train}
+
+
+def add_model_arguments(s: argparse.ArgumentParser) -> None:
+    """Options shared by generate and evaluate."""
+    s.add_argument("--model", default=None, help="saved pipeline folder or Hub id (default: the shipped MNIST model)")
+    s.add_argument("--scheduler", choices=sorted(SAMPLERS), default=None, help="sampler (default: the model's own)")
+    s.add_argument(
+        "--steps", type=int_in(1, 10_000), default=None, help="inference steps (default: the model's own, 10 shipped)"
+    )
+    s.add_argument(
+        "--guidance-scale",
+        type=float_in(0.0),
+        default=3.0,
+        help="classifier-free guidance scale w: 0 unconditional, 1 conditional, > 1 guided",
+    )
+    s.add_argument("--seed", type=int_in(0, 2**64 - 1), default=0, help="random seed")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --out file (without it: refuse)")
+    s.add_argument("--quiet", action="store_true", help="no progress bars or diffusers log messages")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="condiff", description="Conditional diffusion models on diffusers.")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    def common(s: argparse.ArgumentParser) -> None:
-        s.add_argument(
-            "--model", default=None, help="saved pipeline folder or Hub id (default: the shipped MNIST model)"
-        )
-        s.add_argument("--scheduler", choices=sorted(SAMPLERS), default=None, help="default: the model's own")
-        s.add_argument(
-            "--steps", type=int_in(1, 10_000), default=None, help="inference steps (default: the pipeline's)"
-        )
-        s.add_argument("--guidance-scale", type=float_in(0.0), default=3.0)
-        s.add_argument("--seed", type=int_in(0, 2**64 - 1), default=0)
-
-    g = sub.add_parser("generate", help="write a grid of generated images")
-    common(g)
-    g.add_argument("--label", default=None, help='class id or name, comma-separated list, or "none"')
-    g.add_argument("--num-images", type=int_in(1, 65536), default=16)
+    """The `condiff` parser (light: no torch)."""
+    p = argparse.ArgumentParser(
+        prog="condiff", description="Conditional diffusion models on diffusers.", formatter_class=HelpFormatter
+    )
+    p.add_argument("--version", action="version", version=f"condiff {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    g = sub.add_parser("generate", help="write a grid of generated images", formatter_class=HelpFormatter)
+    add_model_arguments(g)
+    g.add_argument(
+        "--label",
+        default=None,
+        help='class id or name, a comma-separated list (one grid row per label), or "none" '
+        "(default: none, i.e. unconditional)",
+    )
+    g.add_argument(
+        "--num-images",
+        type=int_in(1, 65536),
+        default=16,
+        help="images PER LABEL: --label 0,1 --num-images 3 writes 6 images, 2 rows of 3",
+    )
     g.add_argument("--out", required=True, help="image file to write (.png, .jpg, ...)")
     g.add_argument("--upscale", type=int_in(1, 64), default=2, help="nearest-neighbour zoom of the grid")
-    g.add_argument("--quiet", action="store_true")
     g.set_defaults(func=generate)
-
-    e = sub.add_parser("evaluate", help="conditional accuracy and Frechet distance of generated samples")
-    common(e)
-    e.add_argument("--num-per-class", type=int_in(1, 65536), default=100)
-    e.add_argument("--out", default=None, help="write the metrics as JSON here")
+    e = sub.add_parser(
+        "evaluate",
+        help="conditional accuracy and Frechet distance of generated samples (10-class 28x28 1-channel models)",
+        formatter_class=HelpFormatter,
+    )
+    add_model_arguments(e)
+    e.add_argument("--num-per-class", type=int_in(1, 65536), default=100, help="images generated per class")
+    e.add_argument("--out", default=None, help="also write the metrics as JSON here")
     e.set_defaults(func=evaluate)
-
-    from condiff.sweep import add_sweep_arguments
-
-    w = sub.add_parser("sweep", help="guidance sweep: accuracy, Frechet distance, diversity, NFE and speed per scale")
+    w = sub.add_parser(
+        "sweep",
+        help="guidance sweep: accuracy, Frechet distance, diversity, NFE and speed per scale (needs condiff[plots])",
+        description="Guidance sweep: accuracy, Frechet distance, diversity, NFE and speed per guidance scale; the "
+        'plot needs matplotlib (pip install "condiff[plots]").',
+        formatter_class=HelpFormatter,
+    )
     add_sweep_arguments(w)
-    w.set_defaults(func=sweep)
+    w.set_defaults(func=sweep, quiet=False)
+    sub.add_parser("train", add_help=False, help="train a task: condiff train cfg --output_dir DIR (flags: --help)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the `condiff` command; return its exit status (2: bad arguments or input, with a one-line message)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv[0] if argv else None
     try:
-        args.func(args)
+        if command in FORWARDED:
+            return FORWARDED[command](argv[1:])
+        args = build_parser().parse_args(argv)
+        with quiet_libraries(args.quiet):
+            args.func(args)
     except (ValueError, TypeError, OSError) as err:  # OSError: a model folder that is missing or not safetensors
-        print(f"condiff {args.command}: error: {err}", file=sys.stderr)
+        print(f"condiff {command}: error: {err}", file=sys.stderr)
         return 2
     return 0
 

@@ -13,12 +13,12 @@ import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, Features, Image, Value, load_dataset
 
+from condiff.options import BAD_IMAGE_POLICIES, IMAGE_SUFFIXES  # noqa: F401 (re-exported)
+
 logger = logging.getLogger(__name__)
 
 MNIST_LABEL_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
-BAD_IMAGE_POLICIES = ("error", "skip")
 
 
 def mnist_npz_path() -> Path:
@@ -71,12 +71,10 @@ def _check_image_folder(train_data_dir: str) -> None:
                     f"--train_data_dir: the name {raw!r} is not valid UTF-8; folder names are class names and must "
                     "be text: rename it"
                 ) from None
-        found = found or any(Path(f).suffix.lower() in IMAGE_EXTENSIONS for f in files)
+        found = found or any(Path(f).suffix.lower() in IMAGE_SUFFIXES for f in files)
     if found:
         return
-    raise ValueError(
-        f"--train_data_dir {train_data_dir!r} holds no images (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
-    )
+    raise ValueError(f"--train_data_dir {train_data_dir!r} holds no images (looked for {', '.join(IMAGE_SUFFIXES)})")
 
 
 def load_labelled_images(

@@ -1,15 +1,13 @@
 """The MNIST evaluator: a small CNN classifier of clean digits, used for conditional accuracy and for the
 Frechet distance of its penultimate features (DESIGN.md section 6).
 
-The shipped weights live in `condiff/assets/evaluator` (`scripts/train_evaluator.py` reproduces them) with a
+The shipped weights live in `condiff/assets/evaluator` (`scripts/train_evaluator.py` trains one) with a
 `metrics.json` that records the classifier's own test accuracy.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from importlib import resources
 from pathlib import Path
 
@@ -19,9 +17,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from .data import load_mnist_arrays, uint8_to_model_tensor
-
-__all__ = ["MnistClassifier", "default_evaluator_path", "load_evaluator", "train_evaluator", "random_affine"]
+__all__ = ["MnistClassifier", "classifier_accuracy", "default_evaluator_path", "load_evaluator", "random_affine"]
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -88,7 +84,7 @@ def load_evaluator(path: str | Path | None = None, device: str | torch.device = 
     path = Path(path) if path is not None else default_evaluator_path()
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
-            f"no evaluator at {path} (expected config.json + safetensors); run scripts/train_evaluator.py"
+            f"no evaluator at {path} (expected config.json + safetensors); train one with scripts/train_evaluator.py"
         )
     model = MnistClassifier.from_pretrained(str(path), use_safetensors=True)
     return model.to(device).eval()
@@ -103,7 +99,7 @@ def random_affine(
 ) -> torch.Tensor:
     """Random rotation / scale / shift (in pixels) of a batch in [-1, 1]; the background stays at -1."""
     n, _, h, w = x.shape
-    u = torch.rand(n, 4, generator=generator, device="cpu").to(x.device, x.dtype)
+    u = torch.rand(n, 4, generator=generator, device=generator.device if generator else x.device).to(x.device, x.dtype)
     angle = (u[:, 0] * 2 - 1) * math.radians(max_degrees)
     scale = scale_range[0] + u[:, 1] * (scale_range[1] - scale_range[0])
     # affine_grid works in normalised coordinates: a shift of s pixels is 2 s / size.
@@ -118,87 +114,13 @@ def random_affine(
 
 
 @torch.inference_mode()
-def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
+def classifier_accuracy(model: nn.Module, images: torch.Tensor, labels, batch_size: int = 500) -> float:
+    """Fraction of `images` (N, C, H, W in [-1, 1]) that `model` assigns to `labels`, in eval mode."""
     model.eval()
+    labels = torch.as_tensor(labels)
+    device = next(model.parameters()).device
     correct = 0
     for i in range(0, len(images), batch_size):
-        correct += int((model(images[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]).sum())
+        predicted = model(images[i : i + batch_size].to(device)).argmax(1).cpu()
+        correct += int((predicted == labels[i : i + batch_size]).sum())
     return correct / len(images)
-
-
-def train_evaluator(
-    output_dir: str | Path,
-    epochs: int = 12,
-    batch_size: int = 128,
-    lr: float = 3e-3,
-    weight_decay: float = 1e-4,
-    seed: int = 0,
-    augment: bool = True,
-    log_every: int = 1,
-) -> dict:
-    """Train the evaluator on the vendored MNIST train split, measure its test accuracy, save it.
-
-    One-cycle AdamW schedule, light random-affine augmentation. Writes `save_pretrained` output (safetensors
-    + config.json) and `metrics.json` to `output_dir`; returns the metrics (test accuracy is a fraction).
-    """
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    x_train_u8, y_train_np = load_mnist_arrays("train")
-    x_test_u8, y_test_np = load_mnist_arrays("test")
-    x_train, y_train = uint8_to_model_tensor(x_train_u8), torch.from_numpy(y_train_np)
-    x_test, y_test = uint8_to_model_tensor(x_test_u8), torch.from_numpy(y_test_np)
-
-    model = MnistClassifier()
-    num_params = sum(p.numel() for p in model.parameters())
-    steps_per_epoch = math.ceil(len(x_train) / batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.2)
-
-    start = time.perf_counter()
-    history = []
-    for epoch in range(epochs):
-        model.train()
-        perm = torch.randperm(len(x_train), generator=gen)
-        total_loss = 0.0
-        for i in range(0, len(x_train), batch_size):
-            idx = perm[i : i + batch_size]
-            xb, yb = x_train[idx], y_train[idx]
-            if augment:
-                xb = random_affine(xb, generator=gen)
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total_loss += loss.item() * len(idx)
-        if log_every and ((epoch + 1) % log_every == 0 or epoch + 1 == epochs):
-            acc, mean_loss = _accuracy(model, x_test, y_test), total_loss / len(x_train)
-            history.append({"epoch": epoch + 1, "train_loss": round(mean_loss, 5), "test_accuracy": acc})
-            print(
-                f"epoch {epoch + 1}/{epochs} loss {mean_loss:.4f} test_acc {acc:.4f} "
-                f"({time.perf_counter() - start:.0f}s)",
-                flush=True,
-            )
-    train_seconds = time.perf_counter() - start
-
-    model.eval()
-    metrics = {
-        "test_accuracy": _accuracy(model, x_test, y_test),
-        "test_samples": len(x_test),
-        "train_samples": len(x_train),
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "seed": seed,
-        "augment": augment,
-        "num_parameters": num_params,
-        "train_seconds": round(train_seconds, 1),
-        "torch_threads": torch.get_num_threads(),
-        "history": history,
-    }
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(output_dir), safe_serialization=True)
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    print(json.dumps({k: metrics[k] for k in ("test_accuracy", "epochs", "train_seconds", "num_parameters")}))
-    return metrics

@@ -1,12 +1,12 @@
-"""Model and scheduler factories: the configurations condiff trains and ships."""
+"""Model, scheduler and pipeline factories: the configurations condiff trains and ships, and loading a saved
+pipeline by folder or Hub id with a scheduler chosen by short name."""
 
 from __future__ import annotations
 
-from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
+from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.schedulers import SchedulerMixin
 
-NOISE_SCHEDULES = ("squaredcos_cap_v2", "linear", "scaled_linear", "sigmoid")
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+from condiff.options import NOISE_SCHEDULES, PREDICTION_TYPES, SAMPLERS  # noqa: F401 (re-exported)
 
 
 def class_conditional_unet(
@@ -56,27 +56,13 @@ def training_scheduler(
     )
 
 
-def default_sampling_scheduler(train_scheduler: SchedulerMixin) -> SchedulerMixin:
-    """DPM-Solver++ (2M) on the training schedule, with x0 clipped to the data range [-1, 1].
-
-    The clip matters: with the cosine schedule abar_T is ~0, so x0 predicted from eps at the first step can be
-    huge; unclipped this gave salt-and-pepper images (DESIGN.md section 8).
-    """
-    return DPMSolverMultistepScheduler.from_config(
-        train_scheduler.config,
-        algorithm_type="dpmsolver++",
-        solver_order=2,
-        thresholding=True,
-        sample_max_value=1.0,
-    )
-
-
-SAMPLERS = {
-    "ddpm": "DDPMScheduler",
-    "ddim": "DDIMScheduler",
-    "dpm++2m": "DPMSolverMultistepScheduler",
-    "unipc": "UniPCMultistepScheduler",
-    "euler": "EulerDiscreteScheduler",
+# DPM-Solver++ (2M) with x0 clipped to the data range [-1, 1]. The clip matters: with the cosine schedule abar_T is
+# ~0, so x0 predicted from eps at the first step can be huge; unclipped this gave salt-and-pepper images (DESIGN.md 8).
+DPM_SOLVER_SETTINGS = {
+    "algorithm_type": "dpmsolver++",
+    "solver_order": 2,
+    "thresholding": True,
+    "sample_max_value": 1.0,
 }
 
 
@@ -86,7 +72,10 @@ def scheduler_for(name: str, config) -> SchedulerMixin:
 
     if name not in SAMPLERS:
         raise ValueError(f"scheduler must be one of {sorted(SAMPLERS)}, got {name!r}")
-    extra = (
-        {"algorithm_type": "dpmsolver++", "thresholding": True, "sample_max_value": 1.0} if name == "dpm++2m" else {}
-    )
+    extra = DPM_SOLVER_SETTINGS if name == "dpm++2m" else {}
     return getattr(diffusers, SAMPLERS[name]).from_config(config, **extra)
+
+
+def default_sampling_scheduler(train_scheduler: SchedulerMixin) -> SchedulerMixin:
+    """The scheduler condiff ships with: DPM-Solver++ (2M) on the training schedule (`DPM_SOLVER_SETTINGS`)."""
+    return scheduler_for("dpm++2m", train_scheduler.config)

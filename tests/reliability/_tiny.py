@@ -28,10 +28,16 @@ def env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONHASHSEED": "0"}
 
 
-def tiny_args(output_dir: Path, *extra: str):
-    from condiff.training import build_parser
+def tiny_args(output_dir: Path, *extra: str) -> list[str]:
+    """The command line of a tiny CFG run (task name first), for `train`."""
+    return ["cfg", "--output_dir", str(output_dir), *TINY, *extra]
 
-    return build_parser().parse_args(["--output_dir", str(output_dir), *TINY, *extra])
+
+def train(argv: list[str]) -> Path:
+    """Run a task in this process through the engine (as `condiff train ...` does); return the output folder."""
+    from condiff.train import run
+
+    return run(argv)
 
 
 def train_command(output_dir: Path, *extra: str) -> list[str]:

@@ -1,5 +1,6 @@
-"""Two threads calling one pipeline: calls are serialized by a lock (`serialized_call`, pipelines/labels.py), so
-each thread gets exactly what a sequential call with the same generator gives."""
+"""Two threads calling one pipeline: calls are serialized by a lock (`serialized_call`, pipelines/locking.py), so
+each thread gets exactly what a sequential call with the same generator gives, and each call's network-evaluation
+count comes back in its own output (no per-call state is read off the shared pipeline)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,12 @@ def stateful_pipeline():
 
 
 def call(pipe, label, seed, **kw):
-    return pipe(label=label, num_inference_steps=6, guidance_scale=2.5, output_type="pt",
-                generator=torch.Generator().manual_seed(seed), **kw).images  # fmt: skip
+    return call_output(pipe, label, seed, **kw).images
+
+
+def call_output(pipe, label, seed, guidance_scale=2.5, **kw):
+    return pipe(label=label, num_inference_steps=6, guidance_scale=guidance_scale, output_type="pt",
+                generator=torch.Generator().manual_seed(seed), **kw)  # fmt: skip
 
 
 def test_two_threads_get_the_sequential_results():
@@ -92,3 +97,31 @@ def test_the_lock_does_not_stop_copies_or_reentrant_callbacks():
 
     call(pipe, [0], 1, callback_on_step_end=nested)
     assert inner["images"].shape == (1, 1, 8, 8)
+
+
+def test_each_thread_gets_its_own_nfe_and_guidance_state():
+    """A guided (2 rows per image per step) and an unguided call (1 row) race on one pipeline; each output reports
+    its own count, and the guidance state a callback reads is its own call's."""
+    pipe = stateful_pipeline()
+    start = threading.Barrier(2)
+    results: dict[float, list] = {}
+
+    def worker(scale):
+        seen = []
+
+        def record(p, i, t, tensors):
+            seen.append(p.guidance_scale)
+            time.sleep(0.002)  # give the other thread a chance to interleave, were there no lock
+            return tensors
+
+        start.wait()
+        outs = [call_output(pipe, [0, 1], 3, guidance_scale=scale, callback_on_step_end=record) for _ in range(3)]
+        results[scale] = [o.nfe_per_image for o in outs] + [set(seen)]
+
+    threads = [threading.Thread(target=worker, args=(scale,)) for scale in (1.0, 3.0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert results == {1.0: [6.0, 6.0, 6.0, {1.0}], 3.0: [12.0, 12.0, 12.0, {3.0}]}
+    assert not hasattr(pipe, "last_nfe_per_image")

@@ -16,12 +16,14 @@ from _tiny import (
     run,
     tensors,
     tiny_args,
+    train,
     train_command,
     wait_for,
 )
 
-from condiff.checkpoints import checkpoint_problem, complete_checkpoints
-from condiff.training import TrainingInterrupted, main, train
+from condiff.engine.checkpoints import checkpoint_problem, complete_checkpoints
+from condiff.engine.signals import TrainingInterrupted
+from condiff.train import main
 
 # 8 batches per epoch, 2 micro-batches per update -> 4 updates per epoch; 18 updates span 5 epochs. Checkpoint 5
 # lies mid-epoch (1 update = 2 batches into epoch 1), so the resume must skip exactly 2 batches of a reshuffled
@@ -87,10 +89,10 @@ def test_sigterm_saves_a_checkpoint_and_exits_0(tmp_path):
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, monkeypatch):
     """In-process: the 5th loss computation sends this process a real SIGINT."""
-    import condiff.training as training
+    import condiff.diffusion as diffusion
 
     calls = {"n": 0}
-    real_target = training.diffusion_target
+    real_target = diffusion.diffusion_target
 
     def target_then_ctrl_c(*a, **k):
         calls["n"] += 1
@@ -98,10 +100,10 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, monkeypatch):
             os.kill(os.getpid(), signal.SIGINT)
         return real_target(*a, **k)
 
-    monkeypatch.setattr(training, "diffusion_target", target_then_ctrl_c)
+    monkeypatch.setattr(diffusion, "diffusion_target", target_then_ctrl_c)
     handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN when the test runner was started in the background
     out = tmp_path / "run"
-    argv = ["--output_dir", str(out), *TINY, "--max_train_steps", "50", "--checkpointing_steps", "1000"]
+    argv = ["cfg", "--output_dir", str(out), *TINY, "--max_train_steps", "50", "--checkpointing_steps", "1000"]
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 130
@@ -109,15 +111,15 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, monkeypatch):
     assert not (out / "model_index.json").exists()
     # The handlers are restored afterwards, and the run continues from there to the end.
     assert signal.getsignal(signal.SIGINT) is handler_before
-    monkeypatch.setattr(training, "diffusion_target", real_target)
+    monkeypatch.setattr(diffusion, "diffusion_target", real_target)
     done = train(tiny_args(out, "--max_train_steps", "8", "--resume_from_checkpoint", "latest"))
     assert json.loads((done / "training_summary.json").read_text())["resumed_from"] == "checkpoint-5"
 
 
 def test_interrupt_exception_carries_step_and_checkpoint(tmp_path, monkeypatch):
-    import condiff.training as training
+    import condiff.diffusion as diffusion
 
-    real_target = training.diffusion_target
+    real_target = diffusion.diffusion_target
     calls = {"n": 0}
 
     def target_then_sigterm(*a, **k):
@@ -126,7 +128,7 @@ def test_interrupt_exception_carries_step_and_checkpoint(tmp_path, monkeypatch):
             os.kill(os.getpid(), signal.SIGTERM)
         return real_target(*a, **k)
 
-    monkeypatch.setattr(training, "diffusion_target", target_then_sigterm)
+    monkeypatch.setattr(diffusion, "diffusion_target", target_then_sigterm)
     with pytest.raises(TrainingInterrupted) as stop:
         train(tiny_args(tmp_path / "run", "--max_train_steps", "50"))
     assert stop.value.signum == signal.SIGTERM and stop.value.step == 2

@@ -8,14 +8,13 @@ import os
 
 import numpy as np
 import pytest
-from _tiny import tiny_args
+from _tiny import tiny_args, train
 from datasets import ClassLabel, Dataset, Features, Value
 from datasets import Image as ImageFeature
 from PIL import Image
 
 from condiff import ClassConditionalDDPMPipeline
 from condiff.data import check_images, image_channels, pil_to_model_tensor, to_model_mode
-from condiff.training import train
 
 
 def digit(value: int = 200, size=(8, 8)) -> np.ndarray:

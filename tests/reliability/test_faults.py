@@ -11,10 +11,10 @@ import shutil
 
 import pytest
 import torch
-from _tiny import tensors, tiny_args
+from _tiny import tensors, tiny_args, train
 
-import condiff.training as training
-from condiff.checkpoints import (
+import condiff.diffusion as diffusion
+from condiff.engine.checkpoints import (
     MARKER,
     CheckpointError,
     checkpoint_problem,
@@ -22,7 +22,9 @@ from condiff.checkpoints import (
     prune_checkpoints,
     resume_candidates,
 )
-from condiff.training import NonFiniteLossError, OutputWriteError, train
+from condiff.engine.outputs import OutputWriteError
+from condiff.engine.trainer import NonFiniteLossError
+from condiff.train import main
 
 
 def sha(path) -> str:
@@ -31,7 +33,7 @@ def sha(path) -> str:
 
 def nan_at_call(monkeypatch, k: int, value: float = float("nan")):
     """Fault injection: the k-th training target (step k with one micro-batch per step) is NaN (or inf)."""
-    real = training.diffusion_target
+    real = diffusion.diffusion_target
     calls = {"n": 0}
 
     def target(*a, **kw):
@@ -39,7 +41,7 @@ def nan_at_call(monkeypatch, k: int, value: float = float("nan")):
         out = real(*a, **kw)
         return torch.full_like(out, value) if calls["n"] == k else out
 
-    monkeypatch.setattr(training, "diffusion_target", target)
+    monkeypatch.setattr(diffusion, "diffusion_target", target)
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
@@ -54,7 +56,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_
     # main() turns it into a one-line error and exit status 1.
     nan_at_call(monkeypatch, 1, value)
     with pytest.raises(SystemExit, match="error: the training loss is .* at step 1"):
-        training.main(["--output_dir", str(tmp_path / "other"), *tiny_args_argv(), "--max_train_steps", "2"])
+        main(["cfg", "--output_dir", str(tmp_path / "other"), *tiny_args_argv(), "--max_train_steps", "2"])
 
 
 def tiny_args_argv() -> list[str]:
@@ -125,7 +127,7 @@ def test_disk_full_while_checkpointing(tmp_path, monkeypatch, err_no):
     assert not (out / "checkpoint-4").exists() and not list(out.glob(".tmp-*"))
     with pytest.raises(SystemExit, match="error: could not write checkpoint"):
         monkeypatch.setattr(accelerate_io, "safe_save_file", partial_write_then_fail(err_no))
-        training.main(["--output_dir", str(tmp_path / "other"), *tiny_args_argv(), "--max_train_steps", "2",
+        main(["cfg", "--output_dir", str(tmp_path / "other"), *tiny_args_argv(), "--max_train_steps", "2",
                        "--checkpointing_steps", "1"])  # fmt: skip
 
 
@@ -144,7 +146,7 @@ def test_disk_full_while_saving_the_pipeline_keeps_the_previous_one(tmp_path, mo
         return real(tensors_, filename, metadata=metadata)
 
     monkeypatch.setattr(safetensors.torch, "save_file", save_file)
-    with pytest.raises(OutputWriteError, match="could not write the trained pipeline.*No space left on device"):
+    with pytest.raises(OutputWriteError, match="could not write the trained result.*No space left on device"):
         train(tiny_args(out, "--max_train_steps", "6", "--checkpointing_steps", "2", "--resume_from_checkpoint",
                         "latest"))  # fmt: skip
     assert {p: sha(p) for p in before} == before, "a good file was replaced"

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from _tiny import TINY
+from condiff.pipelines import OUTPUT_TYPES
 from conftest import tiny_pipeline
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -91,6 +92,7 @@ def bad_latents():
 INVALID = {
     "label": bad_labels(),
     "num_images_per_label": bad_positive_int(65536),  # (None included: it has no default meaning)
+    "num_images_per_prompt": bad_positive_int(65536, none_is_default=True),  # None: not given (an alias, below)
     "num_inference_steps": bad_positive_int(50, none_is_default=True),  # tiny model: 50 training timesteps
     "guidance_scale": st.one_of(st.floats(max_value=-1e-9), weird_floats, not_a_number, st.booleans(), st.none()),
     "guidance_rescale": st.one_of(
@@ -116,7 +118,7 @@ INVALID = {
     ),
     "latents": bad_latents(),
     "output_type": st.one_of(
-        st.text(max_size=10).filter(lambda s: s not in ("pil", "np", "pt")), st.none(), st.integers(), long_text
+        st.text(max_size=10).filter(lambda s: s not in OUTPUT_TYPES), st.none(), st.integers(), long_text
     ),
     "callback_on_step_end": st.one_of(st.integers(), st.text(min_size=1, max_size=3), st.just(3.5)),
     "callback_on_step_end_tensor_inputs": st.one_of(
@@ -175,15 +177,16 @@ def label_and_count():
     scale=st.floats(0, 10),
     rescale=st.floats(0, 1),
     interval=st.one_of(st.tuples(st.floats(0, 1), st.floats(0, 1)).map(sorted).map(tuple), st.none()),
-    output_type=st.sampled_from(["pil", "np", "pt"]),
+    output_type=st.sampled_from(OUTPUT_TYPES),
     generator_kind=st.sampled_from(["none", "one", "list"]),
+    per_label_name=st.sampled_from(["num_images_per_label", "num_images_per_prompt"]),
     latents_dtype=st.sampled_from([None, torch.float16, torch.float32, torch.float64]),
     seed=st.integers(0, 2**32 - 1),
     return_dict=st.booleans(),
 )
 def test_every_valid_combination_returns_the_right_images(
-    label_count, per_label, steps, scale, rescale, interval, output_type, generator_kind, latents_dtype, seed,
-    return_dict,
+    label_count, per_label, steps, scale, rescale, interval, output_type, generator_kind, per_label_name,
+    latents_dtype, seed, return_dict,
 ):  # fmt: skip
     label, n_labels = label_count
     n = n_labels * per_label
@@ -195,7 +198,7 @@ def test_every_valid_combination_returns_the_right_images(
     latents = None if latents_dtype is None else torch.randn((n, 1, 8, 8), generator=torch.Generator().manual_seed(seed)
                                                             ).to(latents_dtype)  # fmt: skip
     out = PIPE(
-        label=label, num_images_per_label=per_label, num_inference_steps=steps, guidance_scale=scale,
+        label=label, **{per_label_name: per_label}, num_inference_steps=steps, guidance_scale=scale,
         guidance_rescale=rescale, guidance_interval=interval, output_type=output_type, generator=generator,
         latents=latents, return_dict=return_dict,
     )  # fmt: skip
@@ -206,9 +209,12 @@ def test_every_valid_combination_returns_the_right_images(
     elif output_type == "np":
         assert isinstance(images, np.ndarray) and images.shape == (n, 8, 8, 1) and images.dtype == np.float32
         assert np.isfinite(images).all() and images.min() >= 0 and images.max() <= 1
-    else:
+    elif output_type == "pt":
         assert isinstance(images, torch.Tensor) and images.shape == (n, 1, 8, 8) and images.dtype == torch.float32
         assert torch.isfinite(images).all() and images.min() >= 0 and images.max() <= 1
+    else:  # "latent": the model-space tensor (DDPM clips x0 to [-1, 1])
+        assert isinstance(images, torch.Tensor) and images.shape == (n, 1, 8, 8) and images.dtype == torch.float32
+        assert torch.isfinite(images).all() and images.min() >= -1 and images.max() <= 1
 
 
 # ------------------------------------------------------------------------------------------- `condiff` CLI
@@ -313,11 +319,15 @@ def test_cli_valid_arguments_write_the_grid(label, num_images, steps, upscale, s
     code, stdout, err = run_cli(argv)
     assert code == 0, err
     n_labels = 1 if label in (None, "none") else len(label.split(","))
-    expected = n_labels * max(1, num_images // n_labels)
-    assert f"({expected} images" in stdout
+    expected = n_labels * num_images  # --num-images is per label
+    assert f"({expected} images: {num_images} per label x {n_labels} label(s)" in stdout
     with Image.open(out) as grid:
         assert grid.width % (8 * upscale) == 0 and grid.height % (8 * upscale) == 0
-        assert (grid.width // (8 * upscale)) * (grid.height // (8 * upscale)) >= expected
+        cols, rows = grid.width // (8 * upscale), grid.height // (8 * upscale)
+        if n_labels > 1:  # one row per label
+            assert (cols, rows) == (num_images, n_labels)
+        else:
+            assert cols * rows >= expected > cols * (rows - 1)
 
 
 # ------------------------------------------------------------------------------------------- training flags
@@ -356,7 +366,8 @@ def bad_float(low, high, low_open, high_open):
 @settings(max_examples=80, deadline=None, database=None)
 @given(data=st.data())
 def test_training_flags_reject_invalid_numbers_by_name(data, tmp_path_factory):
-    from condiff.training import build_parser, train
+    from condiff.tasks.cfg import CFGTask
+    from condiff.train import build_parser, fit
 
     kind = data.draw(st.sampled_from(["int", "float"]), label="kind")
     if kind == "int":
@@ -366,9 +377,10 @@ def test_training_flags_reject_invalid_numbers_by_name(data, tmp_path_factory):
         flag = data.draw(st.sampled_from(sorted(TRAIN_FLOAT_FLAGS)), label="flag")
         value = data.draw(bad_float(*TRAIN_FLOAT_FLAGS[flag]), label="value")
     out = tmp_path_factory.getbasetemp() / "train-flags"
-    args = build_parser().parse_args(["--output_dir", str(out), *TINY, f"--{flag}={value}"])
+    parser = build_parser(CFGTask)
+    args = parser.parse_args(["--output_dir", str(out), *TINY, f"--{flag}={value}"])
     with pytest.raises(ValueError, match=f"^--{flag} "):
-        train(args)
+        fit(CFGTask, args, parser)
 
 
 @settings(max_examples=40, deadline=None, database=None)
@@ -377,9 +389,10 @@ def test_training_flags_reject_invalid_numbers_by_name(data, tmp_path_factory):
     text=st.one_of(st.text(alphabet="abcxyz,;€ ", min_size=1, max_size=6), st.just("1.5.2"), st.just("0x1q")),
 )
 def test_training_flags_reject_text_where_numbers_are_expected(flag, text):
-    from condiff.training import build_parser
+    from condiff.tasks.cfg import CFGTask
+    from condiff.train import build_parser
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as stop:
-        build_parser().parse_args(["--output_dir", "unused", f"--{flag}={text}"])
+        build_parser(CFGTask).parse_args(["--output_dir", "unused", f"--{flag}={text}"])
     assert stop.value.code == 2 and f"argument --{flag}" in err.getvalue()

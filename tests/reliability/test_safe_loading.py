@@ -11,20 +11,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from _tiny import REPO, tiny_args
+from _tiny import REPO, tiny_args, train
 from conftest import tiny_pipeline
 
 from condiff import ClassConditionalDDPMPipeline
-from condiff.checkpoints import CheckpointError, checkpoint_problem, load_ema
-from condiff.training import train
+from condiff.engine.checkpoints import CheckpointError, checkpoint_problem, load_ema
 
 CODE_DIRS = ("src", "pipelines", "scripts", "benchmarks")
 WEIGHT_LOADING_DIRS = ("src", "pipelines", "scripts")
 
 
 def tracked_python_files(dirs) -> list[Path]:
-    listed = subprocess.run(["git", "ls-files", "--", *dirs], cwd=REPO, capture_output=True, text=True).stdout
-    files = [REPO / f for f in listed.split() if f.endswith(".py")]
+    git = ["git", "ls-files", "--cached", "--others", "--exclude-standard", "--", *dirs]
+    listed = subprocess.run(git, cwd=REPO, capture_output=True, text=True).stdout
+    files = [REPO / f for f in listed.split() if f.endswith(".py") and (REPO / f).is_file()]
     return files or [p for d in dirs for p in (REPO / d).rglob("*.py")]
 
 
@@ -99,10 +99,10 @@ def test_truncated_safetensors_errors_name_the_file(tmp_path, keep):
     from condiff.cli import main
 
     assert main(["generate", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "g.png")]) == 2
-    from condiff.hub import _count_unet_parameters
+    from condiff.hub import count_unet_parameters
 
     with pytest.raises(ValueError, match=f"{weights} is not a valid safetensors file"):
-        _count_unet_parameters(tmp_path / "model")
+        count_unet_parameters(tmp_path / "model")
 
 
 def test_truncated_checkpoint_files_are_named(tmp_path):

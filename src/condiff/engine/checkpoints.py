@@ -20,7 +20,8 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
+from condiff.engine.distributed import all_ranks_agree
+from condiff.files import atomic_write_text, describe_write_error, fsync_path, safetensors_problem
 
 logger = logging.getLogger(__name__)
 PREFIX = "checkpoint-"
@@ -88,18 +89,6 @@ def checkpoint_problem(path: str | Path) -> str | None:
     return None
 
 
-def safetensors_problem(file: str | Path) -> str | None:
-    """A reason `file` is not a readable safetensors file (header and sizes checked, tensors not read), or None."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(file), "pt") as f:
-            f.keys()
-    except Exception as err:  # safetensors raises its own SafetensorError, or OSError
-        return f"{file} is not a valid safetensors file ({type(err).__name__}: {err})"
-    return None
-
-
 def complete_checkpoints(output_dir: str | Path) -> list[Path]:
     """Complete, intact checkpoint folders, oldest step first."""
     return [p for p in list_checkpoints(output_dir) if checkpoint_problem(p) is None]
@@ -145,63 +134,6 @@ def newest_complete_checkpoint(output_dir: str | Path) -> Path | None:
 
 
 # ---------------------------------------------------------------------------------------------------------- writing
-
-
-def fsync_path(path: str | Path) -> None:
-    """Flush a file or a folder entry to disk (best effort: not every file system supports fsync on folders)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to a temporary file next to `path`, then rename it over `path`: never a partial `path`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def replace_files(src_dir: str | Path, dst_dir: str | Path) -> list[Path]:
-    """Move every file under `src_dir` to the same relative place under `dst_dir`, each with one atomic rename.
-
-    Every destination file is either its old version or the complete new one, never a partial file. `src_dir` is
-    removed afterwards. Both folders must be on the same file system (they are: the temporary folder is made
-    inside the output folder).
-    """
-    src_dir, dst_dir = Path(src_dir), Path(dst_dir)
-    moved = []
-    files = sorted(p for p in src_dir.rglob("*") if p.is_file())
-    for file in files:
-        fsync_path(file)
-    # model_index.json last: a reader that sees the new index also sees the new components.
-    files.sort(key=lambda p: p.name == "model_index.json")
-    for file in files:
-        dest = dst_dir / file.relative_to(src_dir)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(file, dest)
-        moved.append(dest)
-    fsync_path(dst_dir)
-    shutil.rmtree(src_dir, ignore_errors=True)
-    return moved
 
 
 def write_marker(folder: str | Path, info: dict) -> dict:
@@ -259,16 +191,6 @@ def clean_stale_temporaries(output_dir: str | Path) -> list[Path]:
     return stale
 
 
-def describe_write_error(err: BaseException | None, what: str, folder: Path) -> str:
-    """A one-line explanation of a failed write, with the free space left (disk-full errors come in many types)."""
-    reason = f"{type(err).__name__}: {err}" if err is not None else "another process failed to write its part"
-    try:
-        free = f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free on that file system"
-    except OSError:
-        free = "free space unknown"
-    return f"could not write {what}: {reason} ({free})"
-
-
 # ---------------------------------------------------------------------------------------------------------- EMA
 
 
@@ -301,17 +223,6 @@ def load_ema(path: str | Path, ema) -> None:
     ema.load_state_dict(state)
 
 
-# ---------------------------------------------------------------------------------------------------------- collective
-
-
-def all_ranks_agree(accelerator, ok: bool) -> bool:
-    """True on every process when `ok` is true on every process (one small gather; no-op with one process)."""
-    if accelerator.num_processes == 1:
-        return bool(ok)
-    flags = accelerator.gather(torch.tensor([0 if ok else 1], device=accelerator.device))
-    return int(flags.sum().item()) == 0
-
-
 def save_checkpoint(
     accelerator,
     output_dir: str | Path,
@@ -341,31 +252,29 @@ def save_checkpoint(
             + f". The existing checkpoints are untouched (newest complete: {kept.name if kept else 'none'})."
         )
 
-    error: BaseException | None = None
-    if main:
-        try:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        except OSError as err:
-            error = err
-    if not all_ranks_agree(accelerator, error is None):
-        raise fail(error)
-    try:
+    def make_folder() -> None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+
+    def write_state() -> None:
         accelerator.save_state(str(tmp))
         if main and ema is not None:
             save_ema(tmp / EMA_FILE, ema)
-    except Exception as err:  # disk full shows up as OSError, SafetensorError or RuntimeError (torch.save)
-        error = err
-    if not all_ranks_agree(accelerator, error is None):
-        raise fail(error)
-    if main:
-        try:
-            write_marker(tmp, {"step": step, "num_processes": accelerator.num_processes, **(info or {})})
-            finalize_checkpoint(tmp, final)
-        except Exception as err:
-            error = err
-    if not all_ranks_agree(accelerator, error is None):
-        raise fail(error)
+
+    def complete() -> None:
+        write_marker(tmp, {"step": step, "num_processes": accelerator.num_processes, **(info or {})})
+        finalize_checkpoint(tmp, final)
+
+    # Each phase ends with a vote, so that every rank raises (or goes on) together.
+    for phase, everyone in ((make_folder, False), (write_state, True), (complete, False)):
+        error: BaseException | None = None
+        if main or everyone:
+            try:
+                phase()
+            except Exception as err:  # disk full shows up as OSError, SafetensorError or RuntimeError (torch.save)
+                error = err
+        if not all_ranks_agree(accelerator, error is None):
+            raise fail(error)
     if main:
         try:
             prune_checkpoints(output_dir, total_limit)

@@ -1,11 +1,11 @@
 """Sample-quality metrics (DESIGN.md section 6): conditional accuracy and the Frechet distance of evaluator
-features against the MNIST test split, with the real-vs-real floor (train rows vs test rows) beside it.
+features against the MNIST test split, with the real-vs-real floor (train rows vs test rows) beside it, and
+within-class diversity relative to the real test split's.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
 import warnings
 import weakref
 from collections.abc import Iterator, Sequence
@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from scipy import linalg
 
-from .data import load_mnist_arrays, uint8_to_model_tensor
-from .evaluator import MnistClassifier, load_evaluator
+from condiff.data import load_mnist_arrays, uint8_to_model_tensor
+from condiff.evaluator import MnistClassifier, load_evaluator
 
 __all__ = [
     "frechet_distance",
@@ -28,7 +28,8 @@ __all__ = [
     "matched_floor",
     "default_classifier",
     "evaluate_images",
-    "evaluate_pipeline",
+    "within_class_diversity",
+    "real_diversity",
 ]
 
 
@@ -129,6 +130,7 @@ def default_classifier() -> MnistClassifier:
 _REAL_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _FLOOR_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _MATCHED_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_DIVERSITY_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _real_outputs(split: str, classifier: MnistClassifier) -> tuple[np.ndarray, np.ndarray]:
@@ -240,65 +242,26 @@ def evaluate_images(
     }
 
 
-def evaluate_pipeline(
-    pipe: Any,
-    guidance_scale: float = 3.0,
-    num_per_class: int = 100,
-    num_inference_steps: int | None = None,
-    batch_size: int = 250,
-    seed: int = 0,
-    classifier: MnistClassifier | None = None,
-    num_classes: int = 10,
-    show_progress: bool = False,
-    **call_kwargs: Any,
-) -> dict[str, Any]:
-    """Generate `num_per_class` images of each class 0..num_classes-1 with `pipe` and score them.
+def _pairwise_mean(features: np.ndarray) -> float:
+    from scipy.spatial.distance import pdist
 
-    Calls `pipe(label=[...], guidance_scale=..., num_inference_steps=..., generator=
-    torch.Generator().manual_seed(seed + batch_index), output_type="pt", **call_kwargs).images` per batch
-    (labels cycle 0, 1, ..., 9, 0, 1, ... so each batch mixes classes). Returns `evaluate_images`' dict plus
-    guidance_scale, num_inference_steps, sampler, nfe_per_image (from `pipe.last_nfe_per_image`, else None),
-    wall_seconds and images_per_second (generation only, scoring excluded).
-    """
-    if num_per_class < 1 or batch_size < 1:
-        raise ValueError(f"num_per_class and batch_size must be >= 1, got {num_per_class} and {batch_size}")
-    labels = np.tile(np.arange(num_classes), num_per_class)
-    old_bar = dict(getattr(pipe, "_progress_bar_config", {}) or {})
-    if not show_progress and hasattr(pipe, "set_progress_bar_config"):
-        pipe.set_progress_bar_config(disable=True)
-    kwargs = dict(call_kwargs)
-    if num_inference_steps is not None:
-        kwargs["num_inference_steps"] = num_inference_steps
-    chunks, nfe = [], []
-    try:
-        start = time.perf_counter()
-        for batch_index, i in enumerate(range(0, len(labels), batch_size)):
-            out = pipe(
-                label=labels[i : i + batch_size].tolist(),
-                guidance_scale=guidance_scale,
-                generator=torch.Generator().manual_seed(seed + batch_index),
-                output_type="pt",
-                **kwargs,
-            )
-            chunks.append(torch.as_tensor(out.images).detach().to("cpu", torch.float32))
-            nfe.append(getattr(pipe, "last_nfe_per_image", None))
-        wall = time.perf_counter() - start
-    finally:
-        if hasattr(pipe, "_progress_bar_config"):
-            pipe._progress_bar_config = old_bar
-    images = torch.cat(chunks)
-    if images.ndim == 4 and images.shape[-1] == 1 and images.shape[1] != 1:  # channels-last output
-        images = images.permute(0, 3, 1, 2)
-    result = evaluate_images(images, labels, classifier=classifier, value_range=(0, 1))
-    known = [n for n in nfe if n is not None]
-    scheduler = getattr(pipe, "scheduler", None)
-    result.update(
-        guidance_scale=guidance_scale,
-        num_inference_steps=num_inference_steps,
-        sampler=scheduler.__class__.__name__ if scheduler is not None else None,
-        nfe_per_image=float(np.mean(known)) if known else None,
-        wall_seconds=wall,
-        images_per_second=len(labels) / wall,
-        seed=seed,
-    )
-    return result
+    return float(pdist(features.astype(np.float64)).mean())
+
+
+def within_class_diversity(features: np.ndarray, labels: Sequence[int] | np.ndarray) -> float | None:
+    """Mean pairwise Euclidean feature distance within each class, averaged over the classes that have at
+    least two rows (None when none has). Unbiased in the sample size: a mean over pairs."""
+    labels = np.asarray(labels).reshape(-1)
+    if len(labels) != len(features):
+        raise ValueError(f"labels has {len(labels)} entries but features has {len(features)} rows")
+    per_class = [_pairwise_mean(features[labels == c]) for c in np.unique(labels) if (labels == c).sum() >= 2]
+    return float(np.mean(per_class)) if per_class else None
+
+
+def real_diversity(classifier: MnistClassifier | None = None) -> float:
+    """`within_class_diversity` of the real test split (true labels), the reference for generated sets (cached)."""
+    classifier = classifier if classifier is not None else default_classifier()
+    if classifier not in _DIVERSITY_CACHE:
+        _images, labels = load_mnist_arrays("test")
+        _DIVERSITY_CACHE[classifier] = within_class_diversity(real_features("test", classifier), labels)
+    return _DIVERSITY_CACHE[classifier]

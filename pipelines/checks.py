@@ -1,0 +1,106 @@
+"""Argument checks shared by every condiff pipeline: counts, step numbers, output types, latents, generators,
+callbacks. Each check raises a ValueError/TypeError naming the argument and the allowed values, before any model work.
+
+Part of the Hub-loadable pipeline code: imports only torch, numpy and the standard library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+MAX_IMAGES_PER_CALL = 65536
+_MAX_REPR = 80
+
+
+def short_repr(value: Any) -> str:
+    """repr() cut to a readable length (a 10 MB prompt must not end up in an error message)."""
+    text = repr(value)
+    return text if len(text) <= _MAX_REPR else f"{text[: _MAX_REPR - 20]}...<{len(text)} characters>"
+
+
+def check_positive_int(name: str, value: Any, maximum: int | None = None) -> None:
+    """`value` must be an int (not a bool) in 1..maximum."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int >= 1, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+
+
+def resolve_num_images(
+    num_images_per_label: Any, num_images_per_prompt: Any, name: str = "num_images_per_label"
+) -> int:
+    """Images per condition, accepting diffusers' `num_images_per_prompt` as an alias of condiff's `name`.
+
+    Every condiff pipeline behaves the same way: `num_images_per_prompt` (what diffusers users type) means `name`;
+    giving both with different values is an error, unless `name` is left at its default of 1.
+    """
+    check_positive_int(name, num_images_per_label, MAX_IMAGES_PER_CALL)
+    if num_images_per_prompt is None:
+        return int(num_images_per_label)
+    check_positive_int("num_images_per_prompt", num_images_per_prompt, MAX_IMAGES_PER_CALL)
+    if num_images_per_label not in (1, num_images_per_prompt):
+        raise ValueError(
+            f"num_images_per_prompt={num_images_per_prompt} and {name}={num_images_per_label} disagree: "
+            f"num_images_per_prompt is an alias of {name}; pass only {name}"
+        )
+    return int(num_images_per_prompt)
+
+
+def check_output_type(output_type: Any) -> None:
+    if not isinstance(output_type, str) or output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {short_repr(output_type)}")
+
+
+def check_latents(latents: Any, shape: tuple[int, ...]) -> torch.Tensor:
+    """Initial noise given by the caller: a finite floating-point tensor of exactly `shape`, holding values."""
+    if not isinstance(latents, torch.Tensor):
+        raise TypeError(f"latents must be a torch.Tensor of shape {shape}, got {type(latents).__name__}")
+    if not latents.dtype.is_floating_point:
+        raise TypeError(f"latents must be a floating-point tensor, got dtype {latents.dtype}")
+    if tuple(latents.shape) != tuple(shape):
+        raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}")
+    if latents.device.type == "meta":
+        raise ValueError("latents is on the 'meta' device and holds no values")
+    if not bool(torch.isfinite(latents).all()):
+        raise ValueError("latents must be finite; it holds NaN or inf values")
+    return latents
+
+
+def check_generators(generator: Any, batch_size: int) -> None:
+    """`generator` is None, one `torch.Generator`, or a list of exactly `batch_size` of them."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if isinstance(generator, list) and all(isinstance(g, torch.Generator) for g in generator):
+        if len(generator) != batch_size:
+            raise ValueError(
+                f"generator is a list of {len(generator)} generators but {batch_size} images are requested; "
+                "pass one generator or exactly one per image"
+            )
+        return
+    raise TypeError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
+
+
+def check_callback_inputs(names: Any, allowed: Sequence[str], callback: Any = None) -> None:
+    """`callback` is callable or None; `names` is a list of tensor names, each in `allowed`."""
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback_on_step_end must be callable or None, got {type(callback).__name__}")
+    if isinstance(names, (str, bytes)) or not isinstance(names, (list, tuple)):
+        raise TypeError(
+            f"callback_on_step_end_tensor_inputs must be a list of names such as ['latents'], got {short_repr(names)}"
+        )
+    unknown = [n for n in names if n not in allowed]
+    if unknown:
+        raise ValueError(f"callback_on_step_end_tensor_inputs {unknown} are not allowed; allowed: {list(allowed)}")
+
+
+def unet_sample_size(unet_config: Any) -> tuple[int, int]:
+    """(height, width) of a UNet's samples: diffusers stores `sample_size` as an int or a pair."""
+    size = unet_config.sample_size
+    return tuple(size) if isinstance(size, (tuple, list)) else (size, size)

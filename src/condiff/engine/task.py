@@ -1,0 +1,89 @@
+"""What a training task supplies to the engine (and nothing else: the engine never indexes a batch)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Modules:
+    """A task's networks by name: `trained` ones are optimised, EMA-averaged and checkpointed; `frozen` ones are
+    moved to the device and used, never optimised, averaged or saved. `modules.unet` finds either kind."""
+
+    trained: dict[str, Any]
+    frozen: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        for group in ("trained", "frozen"):
+            found = self.__dict__.get(group, {})
+            if name in found:
+                return found[name]
+        raise AttributeError(f"no module named {name!r} (trained: {list(self.trained)}, frozen: {list(self.frozen)})")
+
+
+@dataclass
+class Export:
+    """What a task wrote into the export folder, for the model card (`fields` fill the task's template)."""
+
+    card_template: str  # a file name in condiff's model_cards/
+    fields: dict[str, Any]
+    tags: list[str] = field(default_factory=list)
+    pipeline_tag: str | None = None
+
+
+class Task:
+    """One training task (one script): its flags, modules, data, loss, validation and export.
+
+    Subclasses set `name` (the script is `scripts/train_<name>.py`), `description`, and optionally `defaults`
+    (engine flag defaults for this task), and implement the methods below. All randomness of `loss` must come from
+    the generator it is handed: the engine derives it from (seed, process, epoch, batch), which makes resume exact.
+    """
+
+    name: str = ""
+    description: str = ""
+    defaults: dict[str, Any] = {}
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add the task's own flags."""
+
+    def check_args(self) -> None:
+        """Raise ValueError naming the flag for a bad task flag (called before any data or model work)."""
+
+    def dataset(self) -> Any:
+        """The training data: anything a torch DataLoader takes (len and indexing)."""
+        raise NotImplementedError
+
+    def collate(self, rows: list) -> Any:
+        """Turn a list of dataset rows into one batch (whatever `loss` expects)."""
+        raise NotImplementedError
+
+    def build(self) -> Modules:
+        """Create the modules (after `dataset`, so data properties such as channels can size them)."""
+        raise NotImplementedError
+
+    def loss(self, modules: Modules, batch: Any, generator) -> tuple[Any, dict[str, float]]:
+        """The scalar loss tensor of one micro-batch and extra scalars to log; all noise from `generator`."""
+        raise NotImplementedError
+
+    def validate(self, modules: Modules, step: int, output_dir: Path) -> dict[str, Any]:
+        """Validation on the averaged weights: scalars and PIL images to log (images also saved by the task)."""
+        return {}
+
+    def export(self, modules: Modules, folder: Path) -> Export:
+        """Save the trained result (a pipeline or a component) into `folder`, under the averaged weights."""
+        raise NotImplementedError
+
+    def data_description(self) -> str:
+        """What the card says the model was trained on."""
+        return "the task's data"
+
+    def summary_fields(self) -> dict[str, Any]:
+        """Task-specific entries of `training_summary.json` (e.g. how many bad images were skipped)."""
+        return {}

@@ -1,0 +1,10 @@
+"""Training tasks on the engine: each supplies its flags, modules, data, loss, validation and export.
+
+`TASKS` maps a task name (the `condiff train <name>` subcommand, `scripts/train_<name>.py`) to "module:Class";
+a task module is imported only when that task runs, so `--help` stays fast.
+"""
+
+TASKS = {
+    "cfg": "condiff.tasks.cfg:CFGTask",
+    "evaluator": "condiff.tasks.evaluator:EvaluatorTask",
+}

@@ -1,0 +1,162 @@
+"""The class-conditional CFG task: a `UNet2DModel` with a learned null class, trained with label dropout.
+
+Exported as a `ClassConditionalDDPMPipeline` (weights, DPM-Solver++ default scheduler, class names, and the
+Hub-loadable pipeline code) with a model card. Heavy imports live inside the methods: `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from condiff.engine.args import require_int, require_real
+from condiff.engine.task import Export, Modules, Task
+from condiff.options import NOISE_SCHEDULES, PREDICTION_TYPES
+from condiff.tasks.image_data import (
+    LabelledImageData,
+    add_image_data_arguments,
+    check_image_data_args,
+    describe_image_data,
+)
+
+
+class CFGTask(Task):
+    name = "cfg"
+    description = "Train a class-conditional diffusion model with classifier-free guidance (label dropout)."
+
+    @classmethod
+    def add_arguments(cls, p: argparse.ArgumentParser) -> None:
+        add_image_data_arguments(p)
+        g = p.add_argument_group("model")
+        g.add_argument("--block_out_channels", type=int, nargs="+", default=[32, 64, 64])
+        g.add_argument("--layers_per_block", type=int, default=1)
+        g.add_argument("--attention", action="store_true", help="add attention blocks at the lower resolutions")
+        g.add_argument("--norm_num_groups", type=int, default=8)
+        g = p.add_argument_group("diffusion")
+        g.add_argument("--p_uncond", type=float, default=0.1, help="probability of replacing a label by the null class")
+        g.add_argument("--prediction_type", choices=PREDICTION_TYPES, default="epsilon")
+        g.add_argument("--noise_schedule", choices=NOISE_SCHEDULES, default="squaredcos_cap_v2")
+        g.add_argument("--num_train_timesteps", type=int, default=1000)
+        g = p.add_argument_group("validation")
+        g.add_argument("--validation_images_per_class", type=int, default=8)
+        g.add_argument("--validation_guidance_scale", type=float, default=3.0)
+        g.add_argument("--validation_inference_steps", type=int, default=20)
+
+    def check_args(self) -> None:
+        from condiff.pipelines.checks import MAX_IMAGES_PER_CALL
+
+        a = self.args
+        check_image_data_args(a)
+        require_real("p_uncond", a.p_uncond, 0.0, 1.0)
+        for name in ("layers_per_block", "num_train_timesteps", "norm_num_groups"):
+            require_int(name, getattr(a, name))
+        require_int("validation_images_per_class", a.validation_images_per_class, 1, MAX_IMAGES_PER_CALL)
+        require_int("validation_inference_steps", a.validation_inference_steps, 1, a.num_train_timesteps)
+        require_real("validation_guidance_scale", a.validation_guidance_scale, 0.0)
+        channels = a.block_out_channels
+        if (
+            not isinstance(channels, (list, tuple))
+            or not channels
+            or any(not isinstance(c, int) or isinstance(c, bool) or c < 1 or c % a.norm_num_groups for c in channels)
+        ):
+            raise ValueError(
+                f"--block_out_channels {channels} must be positive multiples of --norm_num_groups ({a.norm_num_groups})"
+            )
+        self.max_images_per_call = MAX_IMAGES_PER_CALL
+
+    def dataset(self):
+        self.data = LabelledImageData(self.args)
+        per_call = self.args.validation_images_per_class * self.data.num_classes
+        if per_call > self.max_images_per_call:
+            raise ValueError(
+                f"--validation_images_per_class {self.args.validation_images_per_class} x {self.data.num_classes} "
+                f"classes exceeds the pipeline's {self.max_images_per_call} images per call"
+            )
+        return self.data.dataset
+
+    def collate(self, rows: list[dict]) -> dict:
+        return self.data.collate(rows)
+
+    def build(self) -> Modules:
+        from condiff.models import class_conditional_unet, training_scheduler
+
+        a = self.args
+        self.noise_scheduler = training_scheduler(a.noise_schedule, a.prediction_type, a.num_train_timesteps)
+        unet = class_conditional_unet(
+            self.data.num_classes,
+            a.resolution,
+            self.data.channels,
+            tuple(a.block_out_channels),
+            a.layers_per_block,
+            a.attention,
+            a.norm_num_groups,
+        )
+        return Modules(trained={"unet": unet})
+
+    def loss(self, modules: Modules, batch: dict, generator):
+        from condiff.diffusion import denoising_loss, drop_labels
+
+        labels = drop_labels(batch["labels"], self.data.num_classes, self.args.p_uncond, generator)
+        return denoising_loss(modules.unet, self.noise_scheduler, batch["images"], generator, class_labels=labels), {}
+
+    def pipeline(self, modules: Modules):
+        """A `ClassConditionalDDPMPipeline` around the (averaged) UNet, with the default sampling scheduler."""
+        from condiff.models import default_sampling_scheduler
+        from condiff.pipelines import ClassConditionalDDPMPipeline
+
+        scheduler = default_sampling_scheduler(self.noise_scheduler)
+        id2label = dict(enumerate(self.data.label_names))
+        return ClassConditionalDDPMPipeline(unet=modules.unet, scheduler=scheduler, id2label=id2label)
+
+    def sample_grid(self, modules: Modules, path: Path):
+        """Every class x `--validation_images_per_class` with a fixed seed, as a grid (rows = classes)."""
+        import torch
+        from diffusers.utils import make_image_grid
+
+        a, n = self.args, self.data.num_classes
+        pipe = self.pipeline(modules)
+        pipe.set_progress_bar_config(disable=True)
+        labels = [c for c in range(n) for _ in range(a.validation_images_per_class)]
+        images = pipe(
+            label=labels,
+            guidance_scale=a.validation_guidance_scale,
+            num_inference_steps=a.validation_inference_steps,
+            generator=torch.Generator(device="cpu").manual_seed(0),
+        ).images
+        grid = make_image_grid(images, rows=n, cols=a.validation_images_per_class)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        grid.save(path)
+        return grid
+
+    def validate(self, modules: Modules, step: int, output_dir: Path) -> dict:
+        return {"validation": self.sample_grid(modules, Path(output_dir) / "samples" / f"step-{step:07d}.png")}
+
+    def export(self, modules: Modules, folder: Path) -> Export:
+        from condiff.hub import count_unet_parameters, stage_pipeline_code
+
+        a = self.args
+        pipe = self.pipeline(modules)
+        pipe.save_pretrained(folder, safe_serialization=True)
+        stage_pipeline_code(folder)  # loadable without condiff: custom_pipeline=<folder>
+        self.sample_grid(modules, folder / "samples" / "final.png")
+        fields = {
+            "class_names": ", ".join(f"{k}={v}" for k, v in enumerate(self.data.label_names)),
+            "sample_grid": "samples/final.png",
+            "guidance_scale": a.validation_guidance_scale,
+            "inference_steps": a.validation_inference_steps,
+            "num_parameters": f"{count_unet_parameters(folder) / 1e6:.2f}M",
+            "num_classes": self.data.num_classes,
+            "prediction_type": a.prediction_type,
+            "noise_schedule": a.noise_schedule,
+            "num_train_timesteps": a.num_train_timesteps,
+            "sampler": type(pipe.scheduler).__name__,
+            "evaluation": "Not evaluated yet: run `condiff evaluate --model <this folder>`.",
+        }
+        tags = ["class-conditional", "classifier-free-guidance"]
+        return Export("class_conditional.md", fields, tags, pipeline_tag="unconditional-image-generation")
+
+    def data_description(self) -> str:
+        return describe_image_data(self.args)
+
+    def summary_fields(self) -> dict:
+        return {"skipped_bad_images": self.data.num_bad}
