@@ -102,3 +102,66 @@ def check_guidance_arguments(guidance_scale: float, guidance_rescale: float, gui
         or not 0.0 <= guidance_interval[0] <= guidance_interval[1] <= 1.0
     ):
         raise ValueError(f"guidance_interval must be a pair (lo, hi) with 0 <= lo <= hi <= 1, got {guidance_interval}")
+
+
+# ---------------------------------------------------------------------------------------------- classifier guidance
+# Dhariwal & Nichol (2021), DESIGN.md section 3. g = grad_x log p(y | x_t, t) of a noise-aware classifier.
+
+
+def classifier_log_prob_grad(
+    classifier: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    sample: torch.Tensor,
+    timestep: torch.Tensor | int,
+    labels: torch.Tensor,
+) -> torch.Tensor:
+    """g = grad_x log p(y | x_t, t), per image, for the requested `labels`.
+
+    Differentiates only the classifier, on a detached copy of x_t, under `torch.enable_grad()`: callable from an
+    otherwise gradient-free (`torch.no_grad()`) sampling loop. The sum over the batch separates per image, since
+    each image's log-probability depends on that image alone.
+    """
+    with torch.enable_grad():
+        x = sample.detach().requires_grad_(True)
+        log_probs = torch.log_softmax(classifier(x, timestep).float(), dim=-1)
+        chosen = log_probs.gather(1, labels.reshape(-1, 1).to(log_probs.device)).sum()
+        (grad,) = torch.autograd.grad(chosen, x)
+    return grad.to(sample.dtype)
+
+
+def score_correction(
+    prediction: torch.Tensor,
+    grad: torch.Tensor,
+    alpha_prod_t: torch.Tensor | float,
+    classifier_scale: float,
+    prediction_type: str = "epsilon",
+) -> torch.Tensor:
+    """Algorithm 2: eps_hat = eps - s * sqrt(1 - abar_t) * g, i.e. the score grad log p(x_t) + s * g expressed as
+    noise, for any scheduler; the same shift of x_t's noise converted for v- and x0-predicting networks.
+
+    With x_t = a x0 + b eps (a = sqrt(abar_t), b = sqrt(1 - abar_t)) fixed: v = (eps - b x_t) / a, so a change of eps
+    by d changes v by d / a; x0 = (x_t - b eps) / a changes by -b d / a. Scale 0 returns `prediction` unchanged.
+    """
+    if classifier_scale == 0:
+        return prediction
+    a = torch.as_tensor(alpha_prod_t, dtype=torch.float32, device=prediction.device).sqrt()
+    b = (1 - a**2).clamp_min(0).sqrt()
+    delta_eps = -classifier_scale * b * grad.float()
+    if prediction_type == "epsilon":
+        delta = delta_eps
+    elif prediction_type == "v_prediction":
+        delta = delta_eps / a
+    elif prediction_type == "sample":
+        delta = -b * delta_eps / a
+    else:
+        raise ValueError(f"prediction_type must be epsilon, v_prediction or sample, got {prediction_type!r}")
+    return (prediction.float() + delta).to(prediction.dtype)
+
+
+def mean_shift(
+    prev_sample: torch.Tensor, grad: torch.Tensor, variance: torch.Tensor | float, classifier_scale: float
+) -> torch.Tensor:
+    """Algorithm 1: x_{t-1} ~ N(mu + s * Sigma * g, Sigma). Added to an ancestral step's sample mu + sigma z, the
+    shift moves the step's mean by exactly s * Sigma * g; `variance` is the step's posterior variance Sigma."""
+    if classifier_scale == 0:
+        return prev_sample
+    return prev_sample + classifier_scale * variance * grad.to(prev_sample.dtype)

@@ -84,7 +84,7 @@ def test_cli_exits_with_clear_message(tmp_path):
         text=True,
         timeout=120,
     )
-    assert result.returncode != 0 and "--p_uncond must be in [0, 1]" in result.stderr
+    assert result.returncode != 0 and "--p_uncond must be a finite number in [0, 1]" in result.stderr
 
 
 def _imagefolder(root: Path) -> Path:

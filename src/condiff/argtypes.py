@@ -12,17 +12,41 @@ from pathlib import Path
 from condiff.files import check_writable_dir
 
 
-def int_in(low: int, high: int | None = None) -> Callable[[str], int]:
-    """An integer in low..high (no upper bound when high is None)."""
+def int_problem(value, low: int = 1, high: int | None = None) -> str | None:
+    """Why `value` is not an integer in low..high ("must be an integer in 1..10, got 0"), or None when it is.
+
+    The one range check behind argparse types (`int_in`) and namespace checks (`condiff.engine.args`); pipelines
+    keep their own small checks because they must import nothing from condiff (Hub-loadable code).
+    """
     bounds = f">= {low}" if high is None else f"in {low}..{high}"
+    ok = (isinstance(value, int) or type(value).__name__.startswith(("int", "uint"))) and not isinstance(value, bool)
+    if not ok or value < low or (high is not None and value > high):
+        return f"must be an integer {bounds}, got {value!r}"
+    return None
+
+
+def real_problem(value, low: float, high: float = math.inf, open_low: bool = False, open_high: bool = False):
+    """Why `value` is not a finite number in the interval, or None when it is."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value > low if open_low else value >= low) and (value < high if open_high else value <= high)
+    if not ok:
+        lo, hi = ("(" if open_low else "[") + f"{low:g}", f"{high:g}" + (")" if open_high else "]")
+        return f"must be a finite number in {lo}, {hi}, got {value!r}"
+    return None
+
+
+def int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """argparse type: an integer in low..high (no upper bound when high is None)."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError(f"must be an integer {bounds}, got {text[:40]!r}") from None
-        if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"must be an integer {bounds}, got {value}")
+            value = text[:40]
+        problem = int_problem(value, low, high)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
         return value
 
     parse.__name__ = "integer"
@@ -30,15 +54,16 @@ def int_in(low: int, high: int | None = None) -> Callable[[str], int]:
 
 
 def float_in(low: float, high: float = math.inf) -> Callable[[str], float]:
-    """A finite number in [low, high]."""
+    """argparse type: a finite number in [low, high]."""
 
     def parse(text: str) -> float:
         try:
             value = float(text)
         except (TypeError, ValueError):
             raise argparse.ArgumentTypeError(f"must be a number, got {text[:40]!r}") from None
-        if not math.isfinite(value) or not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be a finite number in [{low:g}, {high:g}], got {text[:40]!r}")
+        problem = real_problem(value, low, high)
+        if problem:
+            raise argparse.ArgumentTypeError(problem.replace(f"got {value!r}", f"got {text[:40]!r}"))
         return value
 
     parse.__name__ = "number"

@@ -1,5 +1,4 @@
-"""Model, scheduler and pipeline factories: the configurations condiff trains and ships, and loading a saved
-pipeline by folder or Hub id with a scheduler chosen by short name."""
+"""Model and scheduler factories: the configurations condiff trains and ships, and schedulers by short name."""
 
 from __future__ import annotations
 
@@ -10,7 +9,7 @@ from condiff.options import NOISE_SCHEDULES, PREDICTION_TYPES, SAMPLERS  # noqa:
 
 
 def class_conditional_unet(
-    num_classes: int,
+    num_classes: int | None,
     sample_size: int = 28,
     channels: int = 1,
     block_out_channels: tuple[int, ...] = (32, 64, 64),
@@ -18,7 +17,8 @@ def class_conditional_unet(
     attention: bool = False,
     norm_num_groups: int = 8,
 ) -> UNet2DModel:
-    """A `UNet2DModel` with K + 1 class embeddings (the last is the null class) and AdaGN conditioning.
+    """A `UNet2DModel` with K + 1 class embeddings (the last is the null class) and AdaGN conditioning; with
+    `num_classes=None`, the same UNet without a class embedding (an unconditional denoiser).
 
     Attention blocks are off by default: at MNIST sizes they cost a lot on CPU for little gain (DESIGN.md 8).
     """
@@ -34,7 +34,7 @@ def class_conditional_unet(
         down_block_types=tuple(down),
         up_block_types=tuple(up),
         norm_num_groups=norm_num_groups,
-        num_class_embeds=num_classes + 1,
+        num_class_embeds=None if num_classes is None else num_classes + 1,
         resnet_time_scale_shift="scale_shift",
     )
 

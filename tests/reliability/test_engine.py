@@ -34,7 +34,13 @@ def fake_command(out: Path, *extra: str) -> list[str]:
 
 @pytest.mark.parametrize(
     "name,argv",
-    [("fake", []), ("cfg", TINY), ("evaluator", ["--train_batch_size", "8"])],
+    [
+        ("fake", []),
+        ("cfg", TINY),
+        ("evaluator", ["--train_batch_size", "8"]),
+        ("unconditional", TINY[:7] + ["--max_train_samples", "16"]),
+        ("classifier", TINY[:7] + ["--max_train_samples", "16"]),
+    ],
 )
 def test_all_randomness_of_a_loss_comes_from_its_generator(tmp_path, name, argv):
     task_cls = task_class(name)
@@ -174,7 +180,10 @@ def test_train_entry_points_help_without_torch():
     missing = subprocess.run([sys.executable, "-m", "condiff.training"], capture_output=True, text=True, env=env())
     assert missing.returncode != 0 and "No module named condiff.training" in missing.stderr
     bad = subprocess.run([sys.executable, "-m", "condiff.train", "nope"], capture_output=True, text=True, env=env())
-    assert bad.returncode != 0 and "unknown task 'nope'; the tasks are cfg, evaluator" in bad.stderr
+    assert (
+        bad.returncode != 0
+        and "unknown task 'nope'; the tasks are cfg, evaluator, unconditional, classifier" in bad.stderr
+    )
     # `python -m condiff` is the condiff command; its `train` forwards to condiff.train.
     forwarded = subprocess.run([sys.executable, "-m", "condiff", "train", "evaluator", "--help"], capture_output=True,
                                text=True, env=env())  # fmt: skip

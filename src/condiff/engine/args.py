@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from condiff.argtypes import int_problem, real_problem
 from condiff.files import check_writable_dir
 
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
@@ -16,22 +17,16 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 
 def require_int(name: str, value, low: int = 1, high: int | None = None, allow_none: bool = False) -> None:
     """Raise ValueError naming `--name` unless `value` is an integer in low..high (or None when allowed)."""
-    if value is None and allow_none:
-        return
-    ok = isinstance(value, int) or type(value).__name__.startswith(("int", "uint"))  # numpy integers too
-    if not ok or isinstance(value, bool) or value < low or (high is not None and value > high):
-        bounds = f">= {low}" if high is None else f"in {low}..{high}"
-        raise ValueError(f"--{name} must be an integer {bounds}, got {value!r}")
+    problem = None if value is None and allow_none else int_problem(value, low, high)
+    if problem:
+        raise ValueError(f"--{name} {problem}")
 
 
 def require_real(name: str, value, low: float, high: float = math.inf, open_low: bool = False, open_high=False):
     """Raise ValueError naming `--name` unless `value` is a finite number in the given interval."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > low if open_low else value >= low) and (value < high if open_high else value <= high)
-    if not ok:
-        lo, hi = ("(" if open_low else "[") + f"{low:g}", f"{high:g}" + (")" if open_high else "]")
-        raise ValueError(f"--{name} must be in {lo}, {hi} (a finite number), got {value!r}")
+    problem = real_problem(value, low, high, open_low, open_high)
+    if problem:
+        raise ValueError(f"--{name} {problem}")
 
 
 def require_choice(name: str, value, choices) -> None:

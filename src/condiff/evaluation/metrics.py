@@ -265,3 +265,38 @@ def real_diversity(classifier: MnistClassifier | None = None) -> float:
         _images, labels = load_mnist_arrays("test")
         _DIVERSITY_CACHE[classifier] = within_class_diversity(real_features("test", classifier), labels)
     return _DIVERSITY_CACHE[classifier]
+
+
+@torch.no_grad()
+def accuracy_by_noise_level(
+    classifier: torch.nn.Module,
+    scheduler,
+    images: torch.Tensor,
+    labels: torch.Tensor | np.ndarray,
+    timesteps: Sequence[int],
+    seed: int = 0,
+    batch_size: int = 500,
+) -> list[dict[str, float]]:
+    """Accuracy of a noise-aware classifier p(y | x_t, t) on x_t = add_noise(x0, eps, t) at each timestep, with the
+    same fixed-seed noise at every level: [{"timestep", "noise_fraction", "accuracy"}, ...]."""
+    classifier.eval()
+    device = next(classifier.parameters()).device
+    labels = torch.as_tensor(labels)
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
+    rows = []
+    for t in timesteps:
+        correct = 0
+        for i in range(0, len(images), batch_size):
+            x0, eps = images[i : i + batch_size], noise[i : i + batch_size]
+            t_batch = torch.full((len(x0),), int(t), dtype=torch.long)
+            noisy = scheduler.add_noise(x0, eps, t_batch)
+            predicted = classifier(noisy.to(device), t_batch.to(device)).argmax(1).cpu()
+            correct += int((predicted == labels[i : i + batch_size]).sum())
+        rows.append(
+            {
+                "timestep": int(t),
+                "noise_fraction": int(t) / scheduler.config.num_train_timesteps,
+                "accuracy": correct / len(images),
+            }
+        )
+    return rows

@@ -7,4 +7,6 @@ a task module is imported only when that task runs, so `--help` stays fast.
 TASKS = {
     "cfg": "condiff.tasks.cfg:CFGTask",
     "evaluator": "condiff.tasks.evaluator:EvaluatorTask",
+    "unconditional": "condiff.tasks.unconditional:UnconditionalTask",
+    "classifier": "condiff.tasks.noisy_classifier:NoiseAwareClassifierTask",
 }

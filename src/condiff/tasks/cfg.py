@@ -11,7 +11,7 @@ from pathlib import Path
 
 from condiff.engine.args import require_int, require_real
 from condiff.engine.task import Export, Modules, Task
-from condiff.options import NOISE_SCHEDULES, PREDICTION_TYPES
+from condiff.tasks.denoiser import add_denoiser_arguments, build_denoiser, check_denoiser_args, save_grid
 from condiff.tasks.image_data import (
     LabelledImageData,
     add_image_data_arguments,
@@ -27,41 +27,21 @@ class CFGTask(Task):
     @classmethod
     def add_arguments(cls, p: argparse.ArgumentParser) -> None:
         add_image_data_arguments(p)
-        g = p.add_argument_group("model")
-        g.add_argument("--block_out_channels", type=int, nargs="+", default=[32, 64, 64])
-        g.add_argument("--layers_per_block", type=int, default=1)
-        g.add_argument("--attention", action="store_true", help="add attention blocks at the lower resolutions")
-        g.add_argument("--norm_num_groups", type=int, default=8)
-        g = p.add_argument_group("diffusion")
+        add_denoiser_arguments(p)
+        g = p.add_argument_group("classifier-free guidance")
         g.add_argument("--p_uncond", type=float, default=0.1, help="probability of replacing a label by the null class")
-        g.add_argument("--prediction_type", choices=PREDICTION_TYPES, default="epsilon")
-        g.add_argument("--noise_schedule", choices=NOISE_SCHEDULES, default="squaredcos_cap_v2")
-        g.add_argument("--num_train_timesteps", type=int, default=1000)
-        g = p.add_argument_group("validation")
         g.add_argument("--validation_images_per_class", type=int, default=8)
         g.add_argument("--validation_guidance_scale", type=float, default=3.0)
-        g.add_argument("--validation_inference_steps", type=int, default=20)
 
     def check_args(self) -> None:
         from condiff.pipelines.checks import MAX_IMAGES_PER_CALL
 
         a = self.args
         check_image_data_args(a)
+        check_denoiser_args(a)
         require_real("p_uncond", a.p_uncond, 0.0, 1.0)
-        for name in ("layers_per_block", "num_train_timesteps", "norm_num_groups"):
-            require_int(name, getattr(a, name))
         require_int("validation_images_per_class", a.validation_images_per_class, 1, MAX_IMAGES_PER_CALL)
-        require_int("validation_inference_steps", a.validation_inference_steps, 1, a.num_train_timesteps)
         require_real("validation_guidance_scale", a.validation_guidance_scale, 0.0)
-        channels = a.block_out_channels
-        if (
-            not isinstance(channels, (list, tuple))
-            or not channels
-            or any(not isinstance(c, int) or isinstance(c, bool) or c < 1 or c % a.norm_num_groups for c in channels)
-        ):
-            raise ValueError(
-                f"--block_out_channels {channels} must be positive multiples of --norm_num_groups ({a.norm_num_groups})"
-            )
         self.max_images_per_call = MAX_IMAGES_PER_CALL
 
     def dataset(self):
@@ -78,19 +58,7 @@ class CFGTask(Task):
         return self.data.collate(rows)
 
     def build(self) -> Modules:
-        from condiff.models import class_conditional_unet, training_scheduler
-
-        a = self.args
-        self.noise_scheduler = training_scheduler(a.noise_schedule, a.prediction_type, a.num_train_timesteps)
-        unet = class_conditional_unet(
-            self.data.num_classes,
-            a.resolution,
-            self.data.channels,
-            tuple(a.block_out_channels),
-            a.layers_per_block,
-            a.attention,
-            a.norm_num_groups,
-        )
+        unet, self.noise_scheduler = build_denoiser(self.args, self.data.channels, self.data.num_classes)
         return Modules(trained={"unet": unet})
 
     def loss(self, modules: Modules, batch: dict, generator):
@@ -111,7 +79,6 @@ class CFGTask(Task):
     def sample_grid(self, modules: Modules, path: Path):
         """Every class x `--validation_images_per_class` with a fixed seed, as a grid (rows = classes)."""
         import torch
-        from diffusers.utils import make_image_grid
 
         a, n = self.args, self.data.num_classes
         pipe = self.pipeline(modules)
@@ -123,10 +90,7 @@ class CFGTask(Task):
             num_inference_steps=a.validation_inference_steps,
             generator=torch.Generator(device="cpu").manual_seed(0),
         ).images
-        grid = make_image_grid(images, rows=n, cols=a.validation_images_per_class)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        grid.save(path)
-        return grid
+        return save_grid(images, n, path)
 
     def validate(self, modules: Modules, step: int, output_dir: Path) -> dict:
         return {"validation": self.sample_grid(modules, Path(output_dir) / "samples" / f"step-{step:07d}.png")}

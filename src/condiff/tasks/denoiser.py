@@ -1,0 +1,68 @@
+"""Flags, checks and factories shared by the denoiser tasks (class-conditional CFG and unconditional): the UNet's
+shape, the noise schedule and prediction type, and the validation sampler's settings."""
+
+from __future__ import annotations
+
+import argparse
+
+from condiff.engine.args import require_int
+from condiff.options import NOISE_SCHEDULES, PREDICTION_TYPES
+
+
+def add_denoiser_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--block_out_channels", type=int, nargs="+", default=[32, 64, 64])
+    g.add_argument("--layers_per_block", type=int, default=1)
+    g.add_argument("--attention", action="store_true", help="add attention blocks at the lower resolutions")
+    g.add_argument("--norm_num_groups", type=int, default=8)
+    g = p.add_argument_group("diffusion")
+    g.add_argument("--prediction_type", choices=PREDICTION_TYPES, default="epsilon")
+    g.add_argument("--noise_schedule", choices=NOISE_SCHEDULES, default="squaredcos_cap_v2")
+    g.add_argument("--num_train_timesteps", type=int, default=1000)
+    g.add_argument("--validation_inference_steps", type=int, default=20, help="sampler steps of validation grids")
+
+
+def check_channels(channels, norm_num_groups: int) -> None:
+    """`--block_out_channels` must be positive multiples of `--norm_num_groups`."""
+    if (
+        not isinstance(channels, (list, tuple))
+        or not channels
+        or any(not isinstance(c, int) or isinstance(c, bool) or c < 1 or c % norm_num_groups for c in channels)
+    ):
+        raise ValueError(
+            f"--block_out_channels {channels} must be positive multiples of --norm_num_groups ({norm_num_groups})"
+        )
+
+
+def check_denoiser_args(a: argparse.Namespace) -> None:
+    for name in ("layers_per_block", "num_train_timesteps", "norm_num_groups"):
+        require_int(name, getattr(a, name))
+    require_int("validation_inference_steps", a.validation_inference_steps, 1, a.num_train_timesteps)
+    check_channels(a.block_out_channels, a.norm_num_groups)
+
+
+def build_denoiser(a: argparse.Namespace, channels: int, num_classes: int | None):
+    """(UNet, training noise scheduler) for the flags; `num_classes=None` gives an unconditional UNet."""
+    from condiff.models import class_conditional_unet, training_scheduler
+
+    scheduler = training_scheduler(a.noise_schedule, a.prediction_type, a.num_train_timesteps)
+    unet = class_conditional_unet(
+        num_classes,
+        a.resolution,
+        channels,
+        tuple(a.block_out_channels),
+        a.layers_per_block,
+        a.attention,
+        a.norm_num_groups,
+    )
+    return unet, scheduler
+
+
+def save_grid(images: list, rows: int, path):
+    """Save `images` as a grid of `rows` rows (creating the folder) and return it."""
+    from diffusers.utils import make_image_grid
+
+    grid = make_image_grid(images, rows=rows, cols=len(images) // rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return grid

@@ -1,0 +1,102 @@
+"""The unconditional denoiser task: a plain `UNet2DModel` (no class embedding) trained with the denoising loss.
+
+Exported as diffusers' own `DDPMPipeline` with condiff's default sampler (DPM-Solver++ with x0 clipped), so a user of
+diffusers samples it with `DDPMPipeline.from_pretrained(folder)(batch_size=16)`; classifier guidance steers its UNet.
+Labels in the data, if any, are not used. Heavy imports live inside the methods.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from condiff.engine.args import require_int
+from condiff.engine.task import Export, Modules, Task
+from condiff.tasks.denoiser import add_denoiser_arguments, build_denoiser, check_denoiser_args, save_grid
+from condiff.tasks.image_data import (
+    LabelledImageData,
+    add_image_data_arguments,
+    check_image_data_args,
+    describe_image_data,
+)
+
+
+class UnconditionalTask(Task):
+    name = "unconditional"
+    description = "Train an unconditional diffusion model (a plain UNet2DModel, exported as a diffusers DDPMPipeline)."
+
+    @classmethod
+    def add_arguments(cls, p: argparse.ArgumentParser) -> None:
+        add_image_data_arguments(p)
+        add_denoiser_arguments(p)
+        p.add_argument_group("validation").add_argument("--validation_images", type=int, default=64)
+
+    def check_args(self) -> None:
+        check_image_data_args(self.args)
+        check_denoiser_args(self.args)
+        require_int("validation_images", self.args.validation_images, 1, 4096)
+
+    def dataset(self):
+        self.data = LabelledImageData(self.args)
+        return self.data.dataset
+
+    def collate(self, rows: list[dict]) -> dict:
+        return self.data.collate(rows)
+
+    def build(self) -> Modules:
+        unet, self.noise_scheduler = build_denoiser(self.args, self.data.channels, None)
+        return Modules(trained={"unet": unet})
+
+    def loss(self, modules: Modules, batch: dict, generator):
+        from condiff.diffusion import denoising_loss
+
+        return denoising_loss(modules.unet, self.noise_scheduler, batch["images"], generator), {}
+
+    def pipeline(self, modules: Modules):
+        from diffusers import DDPMPipeline
+
+        from condiff.models import default_sampling_scheduler
+
+        return DDPMPipeline(unet=modules.unet, scheduler=default_sampling_scheduler(self.noise_scheduler))
+
+    def sample_grid(self, modules: Modules, path: Path):
+        """`--validation_images` samples with a fixed seed, as a near-square grid."""
+        import math
+
+        import torch
+
+        pipe = self.pipeline(modules)
+        pipe.set_progress_bar_config(disable=True)
+        n = self.args.validation_images
+        images = pipe(
+            batch_size=n,
+            num_inference_steps=self.args.validation_inference_steps,
+            generator=torch.Generator(device="cpu").manual_seed(0),
+        ).images
+        rows = max(r for r in range(1, math.isqrt(n) + 1) if n % r == 0)
+        return save_grid(images, rows, path)
+
+    def validate(self, modules: Modules, step: int, output_dir: Path) -> dict:
+        return {"validation": self.sample_grid(modules, Path(output_dir) / "samples" / f"step-{step:07d}.png")}
+
+    def export(self, modules: Modules, folder: Path) -> Export:
+        from condiff.hub import count_unet_parameters
+
+        a = self.args
+        self.pipeline(modules).save_pretrained(folder, safe_serialization=True)
+        self.sample_grid(modules, folder / "samples" / "final.png")
+        fields = {
+            "sample_grid": "samples/final.png",
+            "inference_steps": a.validation_inference_steps,
+            "num_parameters": f"{count_unet_parameters(folder) / 1e6:.2f}M",
+            "prediction_type": a.prediction_type,
+            "noise_schedule": a.noise_schedule,
+            "num_train_timesteps": a.num_train_timesteps,
+        }
+        return Export("unconditional.md", fields, ["unconditional-image-generation"], "unconditional-image-generation")
+
+    def data_description(self) -> str:
+        return describe_image_data(self.args)
+
+    def summary_fields(self) -> dict:
+        return {"skipped_bad_images": self.data.num_bad}
