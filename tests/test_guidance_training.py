@@ -99,3 +99,23 @@ def test_accuracy_by_noise_level_counts_correct_predictions():
     assert [r["timestep"] for r in rows] == [0, 50, 99]
     assert [r["accuracy"] for r in rows] == [pytest.approx(0.4)] * 3
     assert rows[1]["noise_fraction"] == 0.5
+
+
+def test_shipped_noise_aware_classifier_reproduces_its_accuracy_table():
+    """The shipped classifier (scripts/train_classifier.py, 4,000 steps) is accurate on clean digits, near chance on
+    pure noise, and its recorded table is what it computes (same images, same noise)."""
+    from condiff.pipelines.noise_aware_classifier import NoiseAwareClassifier
+
+    import condiff
+    from condiff.data import load_mnist_arrays, uint8_to_model_tensor
+
+    folder = Path(condiff.__file__).parent / "assets" / "mnist-noisy-classifier"
+    model = NoiseAwareClassifier.from_pretrained(folder, use_safetensors=True)
+    table = json.loads((folder / "accuracy_by_timestep.json").read_text())
+    recorded = {r["timestep"]: r["accuracy"] for r in table["rows"]}
+    images, labels = load_mnist_arrays("test")
+    scheduler = training_scheduler("squaredcos_cap_v2", "epsilon", model.config.num_train_timesteps)
+    rows = accuracy_by_noise_level(model, scheduler, uint8_to_model_tensor(images), labels, [0, 500, 998])
+    measured = {r["timestep"]: r["accuracy"] for r in rows}
+    assert measured == {t: recorded[t] for t in (0, 500, 998)}
+    assert measured[0] >= 0.95 and measured[998] <= 0.25
