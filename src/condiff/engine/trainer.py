@@ -100,7 +100,9 @@ class Trainer:
             collate_fn=self.task.collate,
         )
         self.modules = self.task.build()
-        params = [p for m in self.modules.trained.values() for p in m.parameters()]
+        # The same Parameter objects before and after `prepare` (it wraps modules, moving weights in place):
+        # listed once for the optimizer, clipping and the EMA.
+        params = self.trained_params = [p for m in self.modules.trained.values() for p in m.parameters()]
         self.ema = make_ema(args, params)
         optimizer = torch.optim.AdamW(
             params,
@@ -177,8 +179,7 @@ class Trainer:
             if not self.window_bad:
                 acc.backward(loss)
             if acc.sync_gradients and not self.window_bad:
-                params = [p for m in trained for p in m.parameters()]
-                grad_norm = acc.clip_grad_norm_(params, args.max_grad_norm)
+                grad_norm = acc.clip_grad_norm_(self.trained_params, args.max_grad_norm)
                 # Gradients are already averaged over ranks here, so every rank sees the same norm.
                 if grad_norm is not None and not torch.isfinite(grad_norm).item():
                     self._non_finite("gradient norm", grad_norm)
@@ -199,7 +200,7 @@ class Trainer:
             )
             self.window_bad = False
         elif self.ema is not None:
-            self.ema.step([p for m in trained for p in m.parameters()])
+            self.ema.step(self.trained_params)
         self.logs = {"loss": loss.detach().item(), **extra, "lr": self.lr_scheduler.get_last_lr()[0], "epoch": epoch}
         return True
 

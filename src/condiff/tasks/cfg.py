@@ -10,23 +10,18 @@ import argparse
 from pathlib import Path
 
 from condiff.engine.args import require_int, require_real
-from condiff.engine.task import Export, Modules, Task
+from condiff.engine.task import Export, Modules
 from condiff.tasks.denoiser import add_denoiser_arguments, build_denoiser, check_denoiser_args, save_grid
-from condiff.tasks.image_data import (
-    LabelledImageData,
-    add_image_data_arguments,
-    check_image_data_args,
-    describe_image_data,
-)
+from condiff.tasks.image_data import ImageDataTask
 
 
-class CFGTask(Task):
+class CFGTask(ImageDataTask):
     name = "cfg"
     description = "Train a class-conditional diffusion model with classifier-free guidance (label dropout)."
 
     @classmethod
     def add_arguments(cls, p: argparse.ArgumentParser) -> None:
-        add_image_data_arguments(p)
+        super().add_arguments(p)
         add_denoiser_arguments(p)
         g = p.add_argument_group("classifier-free guidance")
         g.add_argument("--p_uncond", type=float, default=0.1, help="probability of replacing a label by the null class")
@@ -37,7 +32,7 @@ class CFGTask(Task):
         from condiff.pipelines.checks import MAX_IMAGES_PER_CALL
 
         a = self.args
-        check_image_data_args(a)
+        super().check_args()
         check_denoiser_args(a)
         require_real("p_uncond", a.p_uncond, 0.0, 1.0)
         require_int("validation_images_per_class", a.validation_images_per_class, 1, MAX_IMAGES_PER_CALL)
@@ -45,17 +40,14 @@ class CFGTask(Task):
         self.max_images_per_call = MAX_IMAGES_PER_CALL
 
     def dataset(self):
-        self.data = LabelledImageData(self.args)
+        dataset = super().dataset()
         per_call = self.args.validation_images_per_class * self.data.num_classes
         if per_call > self.max_images_per_call:
             raise ValueError(
                 f"--validation_images_per_class {self.args.validation_images_per_class} x {self.data.num_classes} "
                 f"classes exceeds the pipeline's {self.max_images_per_call} images per call"
             )
-        return self.data.dataset
-
-    def collate(self, rows: list[dict]) -> dict:
-        return self.data.collate(rows)
+        return dataset
 
     def build(self) -> Modules:
         unet, self.noise_scheduler = build_denoiser(self.args, self.data.channels, self.data.num_classes)
@@ -118,9 +110,3 @@ class CFGTask(Task):
         }
         tags = ["class-conditional", "classifier-free-guidance"]
         return Export("class_conditional.md", fields, tags, pipeline_tag="unconditional-image-generation")
-
-    def data_description(self) -> str:
-        return describe_image_data(self.args)
-
-    def summary_fields(self) -> dict:
-        return {"skipped_bad_images": self.data.num_bad}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from condiff.engine.args import require_choice, require_int
+from condiff.engine.task import Task
 from condiff.options import BAD_IMAGE_POLICIES
 
 MAX_RESOLUTION = 4096
@@ -78,3 +79,29 @@ class LabelledImageData:
         images = pil_to_model_tensor([r[self.args.image_column] for r in rows], self.args.resolution, self.channels)
         labels = torch.tensor([int(r[self.args.label_column]) for r in rows], dtype=torch.long)
         return {"images": images, "labels": labels}
+
+
+class ImageDataTask(Task):
+    """A task trained on labelled image data: the data flags and checks, `dataset`, `collate` (batches of
+    {"images", "labels"}), the card's data description and the count of skipped bad images. Subclasses call
+    `super().add_arguments(p)` and `super().check_args()` before their own."""
+
+    @classmethod
+    def add_arguments(cls, p: argparse.ArgumentParser) -> None:
+        add_image_data_arguments(p)
+
+    def check_args(self) -> None:
+        check_image_data_args(self.args)
+
+    def dataset(self):
+        self.data = LabelledImageData(self.args)
+        return self.data.dataset
+
+    def collate(self, rows: list[dict]) -> dict:
+        return self.data.collate(rows)
+
+    def data_description(self) -> str:
+        return describe_image_data(self.args)
+
+    def summary_fields(self) -> dict:
+        return {"skipped_bad_images": self.data.num_bad}

@@ -13,27 +13,22 @@ import json
 from pathlib import Path
 
 from condiff.engine.args import require_int
-from condiff.engine.task import Export, Modules, Task
+from condiff.engine.task import Export, Modules
 from condiff.options import NOISE_SCHEDULES
 from condiff.tasks.denoiser import check_channels
-from condiff.tasks.image_data import (
-    LabelledImageData,
-    add_image_data_arguments,
-    check_image_data_args,
-    describe_image_data,
-)
+from condiff.tasks.image_data import ImageDataTask
 
 NOISE_FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.999)  # where accuracy is reported
 
 
-class NoiseAwareClassifierTask(Task):
+class NoiseAwareClassifierTask(ImageDataTask):
     name = "classifier"
     description = "Train a noise-aware classifier p(y | x_t, t) for classifier guidance."
     defaults = {"train_batch_size": 128}
 
     @classmethod
     def add_arguments(cls, p: argparse.ArgumentParser) -> None:
-        add_image_data_arguments(p)
+        super().add_arguments(p)
         g = p.add_argument_group("classifier")
         g.add_argument("--block_out_channels", type=int, nargs="+", default=[32, 64, 64])
         g.add_argument("--norm_num_groups", type=int, default=8)
@@ -43,17 +38,10 @@ class NoiseAwareClassifierTask(Task):
 
     def check_args(self) -> None:
         a = self.args
-        check_image_data_args(a)
+        super().check_args()
         for name in ("norm_num_groups", "num_train_timesteps", "validation_images"):
             require_int(name, getattr(a, name))
         check_channels(a.block_out_channels, a.norm_num_groups)
-
-    def dataset(self):
-        self.data = LabelledImageData(self.args)
-        return self.data.dataset
-
-    def collate(self, rows: list[dict]) -> dict:
-        return self.data.collate(rows)
 
     def build(self) -> Modules:
         from condiff.models import training_scheduler
@@ -119,9 +107,6 @@ class NoiseAwareClassifierTask(Task):
             "num_train_timesteps": self.args.num_train_timesteps,
         }
         return Export("noise_aware_classifier.md", fields, ["image-classification", "classifier-guidance"])
-
-    def data_description(self) -> str:
-        return describe_image_data(self.args)
 
 
 def plot_accuracy(table: dict, path: Path) -> bool:

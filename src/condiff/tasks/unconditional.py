@@ -11,37 +11,25 @@ import argparse
 from pathlib import Path
 
 from condiff.engine.args import require_int
-from condiff.engine.task import Export, Modules, Task
+from condiff.engine.task import Export, Modules
 from condiff.tasks.denoiser import add_denoiser_arguments, build_denoiser, check_denoiser_args, save_grid
-from condiff.tasks.image_data import (
-    LabelledImageData,
-    add_image_data_arguments,
-    check_image_data_args,
-    describe_image_data,
-)
+from condiff.tasks.image_data import ImageDataTask
 
 
-class UnconditionalTask(Task):
+class UnconditionalTask(ImageDataTask):
     name = "unconditional"
     description = "Train an unconditional diffusion model (a plain UNet2DModel, exported as a diffusers DDPMPipeline)."
 
     @classmethod
     def add_arguments(cls, p: argparse.ArgumentParser) -> None:
-        add_image_data_arguments(p)
+        super().add_arguments(p)
         add_denoiser_arguments(p)
         p.add_argument_group("validation").add_argument("--validation_images", type=int, default=64)
 
     def check_args(self) -> None:
-        check_image_data_args(self.args)
+        super().check_args()
         check_denoiser_args(self.args)
         require_int("validation_images", self.args.validation_images, 1, 4096)
-
-    def dataset(self):
-        self.data = LabelledImageData(self.args)
-        return self.data.dataset
-
-    def collate(self, rows: list[dict]) -> dict:
-        return self.data.collate(rows)
 
     def build(self) -> Modules:
         unet, self.noise_scheduler = build_denoiser(self.args, self.data.channels, None)
@@ -94,9 +82,3 @@ class UnconditionalTask(Task):
             "num_train_timesteps": a.num_train_timesteps,
         }
         return Export("unconditional.md", fields, ["unconditional-image-generation"], "unconditional-image-generation")
-
-    def data_description(self) -> str:
-        return describe_image_data(self.args)
-
-    def summary_fields(self) -> dict:
-        return {"skipped_bad_images": self.data.num_bad}
