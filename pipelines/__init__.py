@@ -6,6 +6,7 @@ labels, `locking.py` the per-pipeline call lock and `outputs.py` the output clas
 
 from .checks import MAX_IMAGES_PER_CALL, OUTPUT_TYPES
 from .class_conditional import ClassConditionalDDPMPipeline
+from .classifier_guided import ClassifierGuidedPipeline
 from .guidance import cfg_combine, guided_prediction, in_guidance_interval, rescale_guided
 from .outputs import CondiffPipelineOutput
 
@@ -13,6 +14,7 @@ __all__ = [
     "MAX_IMAGES_PER_CALL",
     "OUTPUT_TYPES",
     "ClassConditionalDDPMPipeline",
+    "ClassifierGuidedPipeline",
     "CondiffPipelineOutput",
     "cfg_combine",
     "guided_prediction",

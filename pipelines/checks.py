@@ -6,6 +6,7 @@ Part of the Hub-loadable pipeline code: imports only torch, numpy and the standa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +32,14 @@ def check_positive_int(name: str, value: Any, maximum: int | None = None) -> Non
         raise ValueError(f"{name} must be >= 1, got {value}")
     if maximum is not None and value > maximum:
         raise ValueError(f"{name} must be <= {maximum}, got {value}")
+
+
+def check_scale(name: str, value: Any) -> None:
+    """A guidance weight: a finite real number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number >= 0, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
 
 
 def resolve_num_images(

@@ -8,7 +8,6 @@ custom_pipeline="pipelines/class_conditional.py", trust_remote_code=True)` works
 from __future__ import annotations
 
 import functools
-import inspect
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,13 +16,11 @@ import torch
 from diffusers import DiffusionPipeline, UNet2DModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.schedulers import SchedulerMixin
-from diffusers.utils.torch_utils import randn_tensor
 
 from .checks import (
     MAX_IMAGES_PER_CALL,
     check_callback_inputs,
     check_generators,
-    check_latents,
     check_output_type,
     check_positive_int,
     resolve_num_images,
@@ -33,6 +30,7 @@ from .guidance import check_guidance_arguments, guided_prediction, in_guidance_i
 from .labels import LabelInput, normalize_id2label, parse_labels
 from .locking import serialized_call
 from .outputs import CondiffPipelineOutput, to_output_type
+from .sampling import GuidedPipelineState, initial_noise, scheduler_step_kwargs, step_callback
 
 StepCallback = Callable[[Any, int, Any, dict], dict]
 
@@ -44,7 +42,7 @@ def channels_last(sample: torch.Tensor) -> torch.Tensor:
     return sample.to(memory_format=torch.channels_last) if sample.ndim == 4 else sample
 
 
-class ClassConditionalDDPMPipeline(DiffusionPipeline):
+class ClassConditionalDDPMPipeline(GuidedPipelineState, DiffusionPipeline):
     r"""Class-conditional image generation with classifier-free guidance.
 
     Parameters:
@@ -108,15 +106,6 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
         return self.num_classes
 
     @property
-    def id2label(self) -> dict[int, str] | None:
-        return normalize_id2label(self.config.id2label)
-
-    @property
-    def guidance_scale(self) -> float:
-        """w of the running call (0 = unconditional, 1 = conditional); the loop reads `_guidance_scale` each step."""
-        return self._guidance_scale
-
-    @property
     def guidance_rescale(self) -> float:
         return self._guidance_rescale
 
@@ -124,16 +113,6 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
     def do_classifier_free_guidance(self) -> bool:
         """Whether a step inside the guidance interval runs both branches (scales 0 and 1 need only one)."""
         return self._guidance_scale not in (0.0, 1.0)
-
-    @property
-    def num_timesteps(self) -> int:
-        """Denoising steps of the running call."""
-        return self._num_timesteps
-
-    @property
-    def interrupt(self) -> bool:
-        """Set `pipe._interrupt = True` in a callback to skip the remaining steps (the output is the current state)."""
-        return self._interrupt
 
     def get_label_ids(self, label: LabelInput) -> list[int] | None:
         """Class ids for `label` (ints, names from `id2label`, a tensor, a list of these, or None)."""
@@ -155,21 +134,7 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
         cfg = self.unet.config
         shape = (batch_size, cfg.in_channels, *unet_sample_size(cfg))
         device, dtype = self._execution_device, self.unet.dtype
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        else:
-            latents = check_latents(latents, shape).to(device=device, dtype=dtype)
-        return latents * self.scheduler.init_noise_sigma
-
-    def _step_kwargs(self, generator: Any) -> dict[str, Any]:
-        # Not every scheduler's step() takes a generator (UniPC, DPM-Solver++ 2M do not: they are deterministic).
-        step_params = inspect.signature(self.scheduler.step).parameters
-        step_kwargs = {"generator": generator} if "generator" in step_params else {}
-        if "use_clipped_model_output" in step_params:
-            # DDIM clips x0 (clip_sample / thresholding) but, unless told, keeps the unclipped eps, which makes
-            # its update inconsistent: conditional accuracy fell to 25% at 20 steps on the shipped model.
-            step_kwargs["use_clipped_model_output"] = True
-        return step_kwargs
+        return initial_noise(shape, generator, latents, device, dtype, self.scheduler.init_noise_sigma)
 
     def _predict(self, sample: torch.Tensor, class_labels: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.unet(channels_last(sample), t, class_labels=class_labels).sample
@@ -185,7 +150,7 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
     ) -> tuple[torch.Tensor, int]:
         """The sampling loop; returns (final latents, network rows evaluated). Reads the guidance state each step."""
         uncond = torch.full_like(cond, self.null_class)
-        step_kwargs = self._step_kwargs(generator)
+        step_kwargs = scheduler_step_kwargs(self.scheduler, generator)
         num_train_timesteps = self.scheduler.config.num_train_timesteps
         rows = 0
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
@@ -198,10 +163,7 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
             pred, used = guided_prediction(model, model_input, cond, uncond, scale, self._guidance_rescale)
             rows += used
             latents = self.scheduler.step(pred, t, latents, **step_kwargs).prev_sample
-            if callback is not None:
-                available = {"latents": latents}
-                outputs = callback(self, i, t, {name: available[name] for name in tensor_inputs}) or {}
-                latents = outputs.get("latents", latents)
+            latents = step_callback(self, callback, i, t, latents, tensor_inputs)
         return latents, rows
 
     @serialized_call  # schedulers are stateful: concurrent calls on one pipeline take turns (locking.py)

@@ -7,6 +7,7 @@ need to skip the unneeded branch at scales 0 and 1 and count network evaluations
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -108,6 +109,38 @@ def check_guidance_arguments(guidance_scale: float, guidance_rescale: float, gui
 # Dhariwal & Nichol (2021), DESIGN.md section 3. g = grad_x log p(y | x_t, t) of a noise-aware classifier.
 
 
+MEAN_SHIFT_VARIANCES = ("fixed_small", "fixed_small_log", "fixed_large")
+
+
+def supports_mean_shift(scheduler: Any) -> bool:
+    """Whether `scheduler.step` is an ancestral step x_{t-1} ~ N(mu, Sigma) with a known Sigma (DDPM, fixed
+    variance): only then can the mean shift be honoured."""
+    # Read the option only from a scheduler that takes it: a DDIM made `from_config` of a DDPM config carries
+    # DDPM's `variance_type` in its config without using it.
+    if "variance_type" not in inspect.signature(type(scheduler).__init__).parameters:
+        return False
+    return hasattr(scheduler, "_get_variance") and scheduler.config.variance_type in MEAN_SHIFT_VARIANCES
+
+
+def ancestral_variance(scheduler: Any, timestep: Any) -> torch.Tensor:
+    """Sigma of the ancestral step that a `supports_mean_shift` scheduler takes at `timestep` (after set_timesteps)."""
+    if int(timestep) == 0:  # the last step adds no noise, so there is no Sigma to shift by
+        return torch.zeros(())
+    variance = scheduler._get_variance(int(timestep))  # diffusers' own Sigma, the one its step() samples with
+    return variance**2 if scheduler.config.variance_type == "fixed_small_log" else variance  # "_log" gives the std
+
+
+def alpha_prod_at(scheduler: Any, timestep: Any) -> torch.Tensor:
+    """abar_t of a discrete VP scheduler at a possibly fractional `timestep` (Euler's spacings), interpolated in
+    sigma = sqrt((1 - abar) / abar) as Euler interpolates its sigmas; exact at integer timesteps."""
+    abar = scheduler.alphas_cumprod.float()
+    t = min(max(float(timestep), 0.0), len(abar) - 1.0)
+    lo, hi = math.floor(t), math.ceil(t)
+    sigmas = ((1 - abar[[lo, hi]]) / abar[[lo, hi]]).sqrt()
+    sigma = sigmas[0] + (t - lo) * (sigmas[1] - sigmas[0])
+    return 1 / (1 + sigma**2)
+
+
 def classifier_log_prob_grad(
     classifier: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     sample: torch.Tensor,
@@ -165,3 +198,43 @@ def mean_shift(
     if classifier_scale == 0:
         return prev_sample
     return prev_sample + classifier_scale * variance * grad.to(prev_sample.dtype)
+
+
+def predicted_original(
+    sample: torch.Tensor, prediction: torch.Tensor, alpha_prod_t: torch.Tensor | float, prediction_type: str
+) -> torch.Tensor:
+    """Tweedie's estimate of x0 from x_t = a x0 + b eps and the network's eps, v or x0 output."""
+    a = torch.as_tensor(alpha_prod_t, dtype=torch.float32, device=sample.device).sqrt()
+    b = (1 - a**2).clamp_min(0).sqrt()
+    if prediction_type == "epsilon":
+        return (sample - b * prediction) / a
+    if prediction_type == "v_prediction":
+        return a * sample - b * prediction
+    if prediction_type == "sample":
+        return prediction
+    raise ValueError(f"prediction_type must be epsilon, v_prediction or sample, got {prediction_type!r}")
+
+
+def denoised_log_prob_grad(
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    classifier: Callable[[torch.Tensor], torch.Tensor],
+    sample: torch.Tensor,
+    alpha_prod_t: torch.Tensor | float,
+    prediction_type: str,
+    labels: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training-free guidance (Universal Guidance, Bansal et al. 2023; DPS, Chung et al. 2023): a classifier of clean
+    images judges the denoiser's Tweedie estimate x0_hat(x_t), and g = grad_x log p(y | x0_hat(x_t)) is taken through
+    the denoiser. Returns (the denoiser's prediction, detached, for the sampler to use; g).
+
+    One forward and one backward pass of the denoiser per step, under `torch.enable_grad()`; the graph is freed
+    before returning, so memory does not grow across steps.
+    """
+    with torch.enable_grad():
+        x = sample.detach().requires_grad_(True)
+        prediction = predict(x)
+        x0 = predicted_original(x, prediction.float(), alpha_prod_t, prediction_type)
+        log_probs = torch.log_softmax(classifier(x0).float(), dim=-1)
+        chosen = log_probs.gather(1, labels.reshape(-1, 1).to(log_probs.device)).sum()
+        (grad,) = torch.autograd.grad(chosen, x)
+    return prediction.detach(), grad.to(sample.dtype)

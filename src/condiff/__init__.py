@@ -11,23 +11,29 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from condiff.pipelines import ClassConditionalDDPMPipeline
+    from condiff.pipelines import ClassConditionalDDPMPipeline, ClassifierGuidedPipeline
 
 __version__ = "0.1.0"
 
 
-def shipped_model_path() -> Path:
-    """Folder of the class-conditional MNIST pipeline that ships with condiff (no download needed)."""
-    return Path(str(resources.files("condiff") / "assets" / "mnist-cfg"))
+SHIPPED_MODELS = {"class-conditional": "mnist-cfg", "classifier-guided": "mnist-classifier-guided"}
+
+
+def shipped_model_path(pipeline: str = "class-conditional") -> Path:
+    """Folder of a pipeline that ships with condiff (no download needed): the class-conditional MNIST model (CFG),
+    or with `pipeline="classifier-guided"` the unconditional MNIST model with its noise-aware classifier."""
+    if pipeline not in SHIPPED_MODELS:
+        raise ValueError(f"pipeline must be one of {sorted(SHIPPED_MODELS)}, got {pipeline!r}")
+    return Path(str(resources.files("condiff") / "assets" / SHIPPED_MODELS[pipeline]))
 
 
 def __getattr__(name: str) -> Any:
-    """Import `ClassConditionalDDPMPipeline` (and with it torch and diffusers) on first use."""
-    if name == "ClassConditionalDDPMPipeline":
-        from condiff.pipelines import ClassConditionalDDPMPipeline
+    """Import the pipelines (and with them torch and diffusers) on first use."""
+    if name in ("ClassConditionalDDPMPipeline", "ClassifierGuidedPipeline"):
+        import condiff.pipelines
 
-        return ClassConditionalDDPMPipeline
+        return getattr(condiff.pipelines, name)
     raise AttributeError(f"module 'condiff' has no attribute {name!r}")
 
 
-__all__ = ["ClassConditionalDDPMPipeline", "shipped_model_path", "__version__"]
+__all__ = ["ClassConditionalDDPMPipeline", "ClassifierGuidedPipeline", "shipped_model_path", "__version__"]

@@ -20,7 +20,7 @@ from typing import Any
 from condiff import __version__
 from condiff.argtypes import check_output_file, float_in, int_in
 from condiff.evaluation.cli_args import add_sweep_arguments
-from condiff.options import IMAGE_SUFFIXES, SAMPLERS
+from condiff.options import IMAGE_SUFFIXES, PIPELINES, SAMPLERS
 
 EVALUATOR_SCOPE = (
     "condiff evaluate scores 10-class, 1-channel 28x28 models (MNIST-like digits, judged by the shipped MNIST "
@@ -99,6 +99,20 @@ def image_grid(images: list, cols: int, upscale: int) -> Any:
     return grid.resize((grid.width * upscale, grid.height * upscale), Image.NEAREST)
 
 
+def guidance_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The pipeline's guidance arguments from the command line; options of the other pipeline kind are refused."""
+    if args.pipeline == "class-conditional":
+        given = [flag for flag, value in CG_ONLY.items() if getattr(args, value) is not None]
+        if given:
+            raise ValueError(f"{given[0]} needs --pipeline classifier-guided")
+        return {"guidance_scale": 3.0 if args.guidance_scale is None else args.guidance_scale}
+    kwargs = {"guidance_scale": args.guidance_scale, "guidance_method": args.guidance_method}
+    return kwargs | ({} if args.classifier_scale is None else {"classifier_scale": args.classifier_scale})
+
+
+CG_ONLY = {"--classifier-scale": "classifier_scale", "--guidance-method": "guidance_method"}
+
+
 def generate(args: argparse.Namespace) -> Path:
     """`condiff generate`: --num-images per label; one grid row per label when several are given."""
     out = check_output_file(args.out, "--out", IMAGE_SUFFIXES, args.overwrite)
@@ -110,27 +124,26 @@ def generate(args: argparse.Namespace) -> Path:
     from condiff.files import atomic_write_bytes
     from condiff.loading import load_pipeline
 
-    pipe = load_pipeline(args.model, args.scheduler)
+    guidance = guidance_kwargs(args)
+    pipe = load_pipeline(args.model, args.scheduler, pipeline=args.pipeline)
     label = parse_label(args.label)
-    ids = pipe.get_label_ids(label)  # validates before sampling
+    num_labels = len(label) if isinstance(label, list) else 1
     pipe.set_progress_bar_config(disable=args.quiet)
     kwargs = {} if args.steps is None else {"num_inference_steps": args.steps}
     images = pipe(
         label=label,
         num_images_per_label=args.num_images,
-        guidance_scale=args.guidance_scale,
         generator=torch.Generator().manual_seed(args.seed),
+        **guidance,
         **kwargs,
     ).images
-    num_labels = len(ids) if ids else 1
     cols = args.num_images if num_labels > 1 else math.ceil(math.sqrt(len(images)))
     data = io.BytesIO()
     image_grid(images, cols, args.upscale).save(data, format=Image.registered_extensions()[out.suffix.lower()])
     atomic_write_bytes(out, data.getvalue())
-    print(
-        f"wrote {out} ({len(images)} images: {args.num_images} per label x {num_labels} label(s), label={label}, "
-        f"guidance_scale={args.guidance_scale})"
-    )
+    settings = "".join(f", {k}={v}" for k, v in guidance.items() if v is not None)
+    counts = f"{len(images)} images: {args.num_images} per label x {num_labels} label(s)"
+    print(f"wrote {out} ({counts}, label={label}{settings})")
     return out
 
 
@@ -163,17 +176,18 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from condiff.files import atomic_write_text
     from condiff.loading import load_pipeline
 
-    pipe = load_pipeline(args.model, args.scheduler)
+    guidance = guidance_kwargs(args)
+    pipe = load_pipeline(args.model, args.scheduler, pipeline=args.pipeline)
     evaluable_or_raise(pipe, args.model)
     pipe.set_progress_bar_config(disable=True)
     result = evaluate_pipeline(
         pipe,
-        guidance_scale=args.guidance_scale,
         num_per_class=args.num_per_class,
         num_inference_steps=args.steps if args.steps is not None else default_num_inference_steps(pipe),
         seed=args.seed,
+        **guidance,
     )
-    report = labelled_report(result, args.model)
+    report = labelled_report(result, args.model) | {"pipeline": args.pipeline}
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
@@ -206,7 +220,15 @@ FORWARDED: dict[str, Callable[[list[str]], int]] = {"train": train}
 
 def add_model_arguments(s: argparse.ArgumentParser) -> None:
     """Options shared by generate and evaluate."""
-    s.add_argument("--model", default=None, help="saved pipeline folder or Hub id (default: the shipped MNIST model)")
+    s.add_argument(
+        "--pipeline",
+        choices=PIPELINES,
+        default="class-conditional",
+        help="class-conditional (CFG) or classifier-guided (an unconditional model steered by a classifier)",
+    )
+    s.add_argument(
+        "--model", default=None, help="saved pipeline folder or Hub id (default: the shipped MNIST model of --pipeline)"
+    )
     s.add_argument("--scheduler", choices=sorted(SAMPLERS), default=None, help="sampler (default: the model's own)")
     s.add_argument(
         "--steps", type=int_in(1, 10_000), default=None, help="inference steps (default: the model's own, 10 shipped)"
@@ -214,8 +236,21 @@ def add_model_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--guidance-scale",
         type=float_in(0.0),
-        default=3.0,
-        help="classifier-free guidance scale w: 0 unconditional, 1 conditional, > 1 guided",
+        default=None,
+        help="classifier-free guidance scale w: 0 unconditional, 1 conditional, > 1 guided (default: 3 for "
+        "class-conditional; for classifier-guided only with a class-conditional UNet)",
+    )
+    s.add_argument(
+        "--classifier-scale",
+        type=float_in(0.0),
+        default=None,
+        help="classifier guidance scale s (classifier-guided; default: the model's own)",
+    )
+    s.add_argument(
+        "--guidance-method",
+        choices=("mean_shift", "score"),
+        default=None,
+        help="classifier-guided: mean_shift (DDPM) or score (any sampler); default: by the sampler",
     )
     s.add_argument("--seed", type=int_in(0, 2**64 - 1), default=0, help="random seed")
     s.add_argument("--overwrite", action="store_true", help="replace an existing --out file (without it: refuse)")

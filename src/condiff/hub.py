@@ -12,9 +12,17 @@ from condiff.files import atomic_write_text, safetensors_problem
 
 # Files of the Hub-loadable pipeline code, copied next to the weights so that
 # `DiffusionPipeline.from_pretrained(repo, custom_pipeline=repo, trust_remote_code=True)` works without condiff.
-PIPELINE_CODE = {"pipeline.py": "class_conditional.py"} | {
-    name: name for name in ("checks.py", "guidance.py", "labels.py", "locking.py", "outputs.py")
-}
+HELPER_CODE = ("checks.py", "guidance.py", "labels.py", "locking.py", "outputs.py", "sampling.py")
+OWN_CODE = {"classifier_guided.py": ("noise_aware_classifier.py",)}  # helpers only one pipeline imports
+
+
+def pipeline_code(pipeline_file: str) -> dict[str, str]:
+    """Target name -> file in `pipelines/`: the pipeline's file as `pipeline.py`, with the helpers it imports."""
+    helpers = HELPER_CODE + OWN_CODE.get(pipeline_file, ())
+    return {"pipeline.py": pipeline_file} | {name: name for name in helpers}
+
+
+PIPELINE_CODE = pipeline_code("class_conditional.py")
 UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/**", "logs/**", ".write-test-*", "samples/step-*"]
 
 
@@ -63,11 +71,11 @@ def count_unet_parameters(folder: Path) -> int:
         return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
 
 
-def stage_pipeline_code(folder: str | Path) -> list[Path]:
-    """Copy the Hub-loadable pipeline code into `folder` (generated from the package: one source of truth)."""
+def stage_pipeline_code(folder: str | Path, pipeline_file: str = "class_conditional.py") -> list[Path]:
+    """Copy the Hub-loadable code of `pipeline_file` into `folder` (generated from the package: one source of truth)."""
     src = resources.files("condiff.pipelines")
     written = []
-    for target, source in PIPELINE_CODE.items():
+    for target, source in pipeline_code(pipeline_file).items():
         dest = Path(folder) / target
         with resources.as_file(src / source) as path:
             shutil.copyfile(path, dest)

@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from condiff.options import PIPELINE_CLASSES, PIPELINES
+
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "name" or "owner/name"
 LOCAL_FOLDER_HINT = (
     "a local pipeline folder works offline: --model path/to/folder (written by save_pretrained or `condiff train`)"
@@ -31,26 +33,36 @@ def hub_load_error(model: str, err: BaseException) -> str:
     return f"--model {model!r} is not a local folder, so it was looked up on the Hub: {why}; {LOCAL_FOLDER_HINT}"
 
 
-def load_pipeline(model: str | None = None, scheduler: str | None = None, device: str | None = None) -> Any:
-    """A saved `ClassConditionalDDPMPipeline` (folder or Hub id; default: the shipped model) with the scheduler
+def load_pipeline(
+    model: str | None = None,
+    scheduler: str | None = None,
+    device: str | None = None,
+    pipeline: str = "class-conditional",
+) -> Any:
+    """A saved pipeline of kind `pipeline` ("class-conditional": `ClassConditionalDDPMPipeline`, "classifier-guided":
+    `ClassifierGuidedPipeline`) from a folder or Hub id (default: the shipped model of that kind), with the scheduler
     named by `scheduler` (a key of `condiff.options.SAMPLERS`; default: the model's own), moved to `device` when
     given. A `model` that is neither a folder nor a loadable Hub id gives a ValueError that says why."""
+    if pipeline not in PIPELINES:
+        raise ValueError(f"--pipeline must be one of {PIPELINES}, got {pipeline!r}")
     local = model is None or Path(model).exists()
     if not local and not HUB_ID.match(model):
         raise ValueError(f"--model {model!r}: no such folder (and not a Hub id of the form owner/name)")
     try:
-        return _load(model, scheduler, device)
+        return _load(model, scheduler, device, pipeline)
     except OSError as err:
         if local:
             raise
         raise ValueError(hub_load_error(model, err)) from None
 
 
-def _load(model: str | None, scheduler: str | None, device: str | None) -> Any:
-    from condiff import ClassConditionalDDPMPipeline, shipped_model_path
+def _load(model: str | None, scheduler: str | None, device: str | None, pipeline: str) -> Any:
+    import condiff.pipelines
+    from condiff import shipped_model_path
     from condiff.models import scheduler_for
 
-    pipe = ClassConditionalDDPMPipeline.from_pretrained(model or shipped_model_path(), use_safetensors=True)
+    pipeline_class = getattr(condiff.pipelines, PIPELINE_CLASSES[pipeline])
+    pipe = pipeline_class.from_pretrained(model or shipped_model_path(pipeline), use_safetensors=True)
     if scheduler:
         pipe.scheduler = scheduler_for(scheduler, pipe.scheduler.config)
     return pipe.to(device) if device is not None else pipe

@@ -13,3 +13,9 @@ SAMPLERS = {
 }
 # Image files condiff reads and writes, the most common first (error messages list them in this order).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+# `--pipeline` kinds -> condiff pipeline classes (the shipped model of each: `condiff.shipped_model_path(kind)`).
+PIPELINE_CLASSES = {
+    "class-conditional": "ClassConditionalDDPMPipeline",
+    "classifier-guided": "ClassifierGuidedPipeline",
+}
+PIPELINES = tuple(PIPELINE_CLASSES)

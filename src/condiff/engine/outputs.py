@@ -31,7 +31,8 @@ def save_outputs(trainer, summary: dict) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PIPELINE_PREFIX, dir=output_dir))
     try:
         export = trainer.task.export(trainer.averaged_modules(), tmp)
-        atomic_write_text(tmp / "training_summary.json", json.dumps(summary, indent=2))
+        record = summary | {"command": trainer.command or None}  # what reproduces this run, for tools downstream
+        atomic_write_text(tmp / "training_summary.json", json.dumps(record, indent=2))
         public = {k: v for k, v in vars(args).items() if k not in SECRET_ARGS}
         atomic_write_text(tmp / "training_args.json", json.dumps(public, indent=2, default=str))
         # The card names where the model will be found: the Hub id when pushing, else the real output folder

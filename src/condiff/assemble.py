@@ -1,0 +1,137 @@
+"""Assembling a `ClassifierGuidedPipeline` folder from separately trained parts: an unconditional (or
+class-conditional) diffusion model saved by `scripts/train_unconditional.py` (or `train_cfg.py`) and a noise-aware
+classifier saved by `scripts/train_classifier.py`. The two trainings are independent tasks on the engine; this step
+only checks that they fit, copies their weights into one pipeline folder with the Hub-loadable code, and writes the
+model card that links both trainings. `scripts/assemble_classifier_guided.py` is the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from condiff.argtypes import float_in, int_in
+from condiff.options import SAMPLERS
+
+
+def training_record(folder: Path) -> dict[str, Any]:
+    """The command and summary a condiff training wrote next to its export (empty when absent)."""
+    path = Path(folder) / "training_summary.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def training_command(folder: Path) -> str:
+    """The command that trained a part: from its training_summary.json, else from the "Command:" block of the
+    model card condiff wrote next to it (exports made before the summary recorded it)."""
+    command = training_record(folder).get("command")
+    card = Path(folder) / "README.md"
+    if not command and card.is_file():
+        found = re.search(r"^Command:\s*```bash\n(.+?)\n```", card.read_text(), re.S | re.M)
+        command = found.group(1).strip() if found else None
+    return command or "(not recorded)"
+
+
+def build_pipeline(diffusion_model: str | Path, classifier: str | Path, sampler: str | None, **config: Any):
+    """A `ClassifierGuidedPipeline` from a saved diffusion pipeline folder and a saved classifier folder."""
+    from diffusers import DiffusionPipeline
+
+    from condiff.data import MNIST_LABEL_NAMES
+    from condiff.models import scheduler_for
+    from condiff.pipelines import ClassifierGuidedPipeline
+    from condiff.pipelines.noise_aware_classifier import NoiseAwareClassifier
+
+    base = DiffusionPipeline.from_pretrained(str(diffusion_model), use_safetensors=True)
+    clf = NoiseAwareClassifier.from_pretrained(str(classifier), use_safetensors=True)
+    scheduler = scheduler_for(sampler, base.scheduler.config) if sampler else base.scheduler
+    id2label = getattr(base, "id2label", None)
+    if id2label is None and clf.config.num_classes == len(MNIST_LABEL_NAMES):
+        id2label = dict(enumerate(MNIST_LABEL_NAMES))
+    return ClassifierGuidedPipeline(unet=base.unet, scheduler=scheduler, classifier=clf, id2label=id2label, **config)
+
+
+def assemble(args: argparse.Namespace) -> Path:
+    """Write the pipeline folder `args.output_dir` (replacing it only when `--overwrite` is given and the new folder
+    is complete), with the pipeline code, both parts' training records and the model card."""
+    from condiff.engine.task import Export
+    from condiff.files import replace_files
+    from condiff.hub import stage_pipeline_code, write_model_card
+
+    out = Path(args.output_dir)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise ValueError(f"--output_dir {out} exists and is not empty; pass --overwrite to replace its files")
+    config = {
+        "default_classifier_scale": args.classifier_scale,
+        "default_num_inference_steps": args.num_inference_steps,
+    }
+    pipe = build_pipeline(args.diffusion_model, args.classifier, args.sampler, **config)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".assemble-", ignore_cleanup_errors=True) as tmp_name:
+        tmp = Path(tmp_name)
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        stage_pipeline_code(tmp, "classifier_guided.py")
+        for part, source in (("unet", args.diffusion_model), ("classifier", args.classifier)):
+            for name in ("training_summary.json", "training_args.json"):
+                if (Path(source) / name).is_file():
+                    shutil.copyfile(Path(source) / name, tmp / part / name)
+        for name in ("accuracy_by_timestep.json", "accuracy_by_timestep.png"):
+            if (Path(args.classifier) / name).is_file():
+                shutil.copyfile(Path(args.classifier) / name, tmp / "classifier" / name)
+        export = Export("classifier_guided.md", card_fields(pipe, args), ["classifier-guidance"])
+        write_model_card(tmp, export, {"repo_id": str(out), "model_name": out.name, "dataset": "MNIST"})
+        replace_files(tmp, out)
+    return out
+
+
+def card_fields(pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
+    unet_record, clf_record = training_record(Path(args.diffusion_model)), training_record(Path(args.classifier))
+    accuracy = Path(args.classifier) / "accuracy_by_timestep.json"
+    rows = json.loads(accuracy.read_text())["rows"] if accuracy.is_file() else []
+    table = ["| t | accuracy |", "|---:|---:|"] + [f"| {r['timestep']} | {r['accuracy']:.3f} |" for r in rows]
+    return {
+        "sampler": type(pipe.scheduler).__name__,
+        "guidance_method": pipe.default_guidance_method(),
+        "classifier_scale": args.classifier_scale,
+        "inference_steps": args.num_inference_steps,
+        "unet_parameters": f"{sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.2f}M",
+        "classifier_parameters": f"{sum(p.numel() for p in pipe.classifier.parameters()) / 1e3:.0f}k",
+        "unet_command": training_command(Path(args.diffusion_model)),
+        "unet_summary": json.dumps({k: v for k, v in unet_record.items() if k != "command"}),
+        "classifier_command": training_command(Path(args.classifier)),
+        "classifier_summary": json.dumps({k: v for k, v in clf_record.items() if k != "command"}),
+        "accuracy_table": "\n".join(table) if rows else "(no accuracy table found)",
+        "assemble_command": args.command,
+        "results": Path(args.results).read_text() if args.results else "Not evaluated yet.",
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--diffusion_model", required=True, help="saved diffusion pipeline folder (DDPMPipeline or CFG)")
+    p.add_argument("--classifier", required=True, help="saved NoiseAwareClassifier folder")
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), default=None, help="default: the diffusion model's own")
+    p.add_argument("--classifier_scale", type=float_in(0.0), default=1.0, help="the pipeline's default scale")
+    p.add_argument("--num_inference_steps", type=int_in(1, 1000), default=50, help="the pipeline's default steps")
+    p.add_argument("--results", default=None, help="a Markdown file of measured results for the model card")
+    p.add_argument("--overwrite", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> Path:
+    import shlex
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    args.command = "python scripts/assemble_classifier_guided.py " + shlex.join(argv)
+    for flag in ("diffusion_model", "classifier"):
+        if not Path(getattr(args, flag)).is_dir():
+            raise SystemExit(f"error: --{flag} {getattr(args, flag)!r} is not a folder")
+    out = assemble(args)
+    print(f"wrote {out}")
+    return out

@@ -1,0 +1,113 @@
+"""Around the ClassifierGuidedPipeline: assembling a pipeline folder from two trained parts, the CLI's
+`--pipeline classifier-guided`, and the guidance-method comparison behind the benchmark (tiny 28x28 models)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from condiff.pipelines import ClassifierGuidedPipeline
+from condiff.pipelines.noise_aware_classifier import NoiseAwareClassifier
+from diffusers import DDPMPipeline, DDPMScheduler
+
+from condiff.assemble import main as assemble_main
+from condiff.cli import main as cli_main
+from condiff.evaluation.guidance_methods import Setting, memory_by_step, run_settings, settings_markdown
+from condiff.models import class_conditional_unet
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    """A saved tiny unconditional DDPMPipeline (28x28) and a saved tiny noise-aware classifier, with the training
+    records condiff's engine writes next to an export."""
+    root = tmp_path_factory.mktemp("parts")
+    torch.manual_seed(0)
+    unet = class_conditional_unet(None, sample_size=28, channels=1, block_out_channels=(8, 16), norm_num_groups=4)
+    scheduler = DDPMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2")
+    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(root / "unet-model")
+    (root / "unet-model" / "training_summary.json").write_text(json.dumps({"command": "train_unconditional.py --x"}))
+    clf = NoiseAwareClassifier(block_out_channels=(8, 16), norm_num_groups=4, num_train_timesteps=100)
+    clf.save_pretrained(root / "classifier")
+    (root / "classifier" / "accuracy_by_timestep.json").write_text(
+        json.dumps({"rows": [{"timestep": 0, "accuracy": 0.5}, {"timestep": 99, "accuracy": 0.1}]})
+    )
+    return root
+
+
+def assemble(parts, out, *extra):
+    argv = ["--diffusion_model", str(parts / "unet-model"), "--classifier", str(parts / "classifier")]
+    return assemble_main([*argv, "--output_dir", str(out), "--num_inference_steps", "4", *extra])
+
+
+def test_assembled_folder_loads_and_carries_the_records(parts, tmp_path):
+    out = assemble(parts, tmp_path / "cg", "--classifier_scale", "2.5", "--sampler", "ddim")
+    pipe = ClassifierGuidedPipeline.from_pretrained(out)
+    assert pipe.config.default_classifier_scale == 2.5 and pipe.config.default_num_inference_steps == 4
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler" and pipe.default_guidance_method() == "score"
+    assert pipe.id2label[7] == "seven" and pipe.num_classes == 10
+    card = (out / "README.md").read_text()
+    assert "train_unconditional.py --x" in card and "| 99 | 0.100 |" in card and "--classifier_scale 2.5" in card
+    assert (out / "pipeline.py").is_file() and (out / "classifier" / "noise_aware_classifier.py").is_file()
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(label=[3, 4], generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert images.shape == (2, 1, 28, 28)
+
+
+def test_assembly_refuses_a_non_empty_folder_and_a_misfit_classifier(parts, tmp_path):
+    out = tmp_path / "cg"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="--output_dir .* exists and is not empty; pass --overwrite"):
+        assemble(parts, out)
+    small = tmp_path / "small-classifier"
+    NoiseAwareClassifier(sample_size=8, block_out_channels=(8, 16), norm_num_groups=4).save_pretrained(small)
+    argv = ["--diffusion_model", str(parts / "unet-model"), "--classifier", str(small), "--output_dir", str(out)]
+    with pytest.raises(ValueError, match="classifier takes 8x8 images"):
+        assemble_main([*argv, "--overwrite"])
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]  # nothing written, nothing lost
+
+
+def test_cli_generates_and_refuses_options_of_the_other_pipeline(parts, tmp_path, capsys):
+    model = assemble(parts, tmp_path / "cg")
+    image = tmp_path / "grid.png"
+    argv = ["generate", "--pipeline", "classifier-guided", "--model", str(model), "--label", "1,2", "--quiet"]
+    assert cli_main([*argv, "--num-images", "2", "--classifier-scale", "3", "--out", str(image)]) == 0
+    assert image.is_file() and "classifier_scale=3.0" in capsys.readouterr().out
+    assert cli_main(["generate", "--classifier-scale", "3", "--out", str(tmp_path / "x.png")]) == 2
+    assert "--classifier-scale needs --pipeline classifier-guided" in capsys.readouterr().err
+    bad = ["generate", "--pipeline", "classifier-guided", "--model", str(model), "--guidance-scale", "2"]
+    assert cli_main([*bad, "--label", "1", "--out", str(tmp_path / "y.png")]) == 2
+    assert "guidance_scale needs a class-conditional unet" in capsys.readouterr().err
+    report = tmp_path / "metrics.json"
+    evaluate = ["evaluate", "--pipeline", "classifier-guided", "--model", str(model), "--num-per-class", "1"]
+    assert cli_main([*evaluate, "--steps", "2", "--classifier-scale", "2", "--out", str(report)]) == 0
+    metrics = json.loads(report.read_text())
+    assert metrics["pipeline"] == "classifier-guided" and metrics["num_samples"] == 10
+    assert metrics["guidance_scale"] is None and 0 <= metrics["accuracy"] <= 1
+
+
+def test_run_settings_scores_every_setting_and_restores_schedulers(parts, tmp_path):
+    pipe = ClassifierGuidedPipeline.from_pretrained(assemble(parts, tmp_path / "cg"))
+    pipe.set_progress_bar_config(disable=True)
+    original = pipe.scheduler
+    settings = [
+        Setting("unguided", "DDPM", "cg", None, 2, {"classifier_scale": 0.0}),
+        Setting("guided", "DDIM", "cg", "ddim", 2, {"classifier_scale": 2.0}),
+    ]
+    report = run_settings({"cg": pipe}, settings, num_per_class=1, batch_size=10, log=lambda line: None)
+    assert pipe.scheduler is original
+    rows = report["rows"]
+    assert [r["sampler"] for r in rows] == ["DDPMScheduler", "DDIMScheduler"]
+    assert all(r["num_images"] == 10 and 0 <= r["accuracy"] <= 1 and r["frechet_distance"] > 0 for r in rows)
+    assert rows[1]["scale"] == "c=2" and rows[1]["nfe_per_image"] == 2
+    assert "| guided | c=2 | DDIMScheduler | 2 |" in settings_markdown(report, "t")
+    with pytest.raises(ValueError, match=r"settings name pipelines \['cfg'\]"):
+        run_settings({"cg": pipe}, [Setting("x", "x", "cfg", None, 2)], num_per_class=1)
+
+
+def test_memory_by_step_reads_once_per_step(parts, tmp_path):
+    pipe = ClassifierGuidedPipeline.from_pretrained(assemble(parts, tmp_path / "cg"))
+    pipe.set_progress_bar_config(disable=True)
+    readings = memory_by_step(pipe, label=[1, 2], classifier_scale=2.0, num_inference_steps=3)
+    assert len(readings) == 3 and all(r > 0 for r in readings)
