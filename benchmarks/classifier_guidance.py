@@ -79,10 +79,10 @@ def load_pipes(args: argparse.Namespace) -> dict:
 
 
 def memory_report(pipes: dict, steps: int) -> dict:
+    from condiff.models import scheduler_for
+
     rows = []
     for name, key, sampler in (("CG noise-aware, DDPM", "cg", None), ("training-free, DDIM", "tfg", "ddim")):
-        from condiff.models import scheduler_for
-
         pipe = pipes[key]
         original = pipe.scheduler
         pipe.scheduler = scheduler_for(sampler, original.config) if sampler else original

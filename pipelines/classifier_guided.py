@@ -231,23 +231,20 @@ class ClassifierGuidedPipeline(GuidedPipelineState, DiffusionPipeline):
     def _classify(self, sample: torch.Tensor, *timestep: Any) -> torch.Tensor:
         return self.classifier(sample.to(self.classifier.dtype), *timestep)
 
-    def _guided_step_inputs(self, x: torch.Tensor, t: Any, labels: torch.Tensor | None, inside: bool):
-        """(prediction with CFG, classifier gradient or None, UNet rows) for one step."""
-        if self.class_conditional_unet:
-            null = self.unet.config.num_class_embeds - 1
-            uncond = torch.full((x.shape[0],), null, device=x.device)
-            cond = labels if labels is not None else uncond
-            w = (self._guidance_scale if inside else 1.0) if labels is not None else 0.0
-        else:
-            cond, uncond, w = None, None, 1.0
+    def _conditions(self, labels: torch.Tensor | None, batch_size: int, device: torch.device):
+        """(cond, uncond) class labels for the UNet, made once per call (None for an unconditional UNet)."""
+        if not self.class_conditional_unet:
+            return None, None
+        uncond = torch.full((batch_size,), self.unet.config.num_class_embeds - 1, device=device)
+        return (labels if labels is not None else uncond), uncond
+
+    def _prediction_and_gradient(self, x, t, cond, uncond, w: float, scale: float, labels, abar):
+        """(prediction with CFG, classifier gradient or None when `scale` is 0, UNet rows) for one step."""
         model = functools.partial(self._predict, t=t)
-        scale = self._classifier_scale if inside and labels is not None and self.classifier is not None else 0.0
-        if scale == 0:
+        if scale == 0 or is_noise_aware(self.classifier):
             pred, rows = guided_prediction(model, x, cond, uncond, w)
-            return pred, None, rows
-        if is_noise_aware(self.classifier):
-            pred, rows = guided_prediction(model, x, cond, uncond, w)
-            return pred, classifier_log_prob_grad(self._classify, x, t, labels), rows
+            grad = None if scale == 0 else classifier_log_prob_grad(self._classify, x, t, labels)
+            return pred, grad, rows
         rows = []
 
         def predict(sample: torch.Tensor) -> torch.Tensor:
@@ -255,7 +252,7 @@ class ClassifierGuidedPipeline(GuidedPipelineState, DiffusionPipeline):
             rows.append(used)
             return out
 
-        abar, ptype = alpha_prod_at(self.scheduler, t), self.scheduler.config.prediction_type
+        ptype = self.scheduler.config.prediction_type
         pred, grad = denoised_log_prob_grad(predict, self._classify, x, abar, ptype, labels)
         return pred, grad, rows[0]
 
@@ -263,17 +260,21 @@ class ClassifierGuidedPipeline(GuidedPipelineState, DiffusionPipeline):
         """The sampling loop; returns (final latents, UNet rows evaluated). Reads the guidance state each step."""
         step_kwargs = scheduler_step_kwargs(self.scheduler, generator)
         num_train_timesteps, ptype = self.scheduler.config.num_train_timesteps, self.scheduler.config.prediction_type
+        cond, uncond = self._conditions(labels, latents.shape[0], latents.device)
+        guided = labels is not None and self.classifier is not None
         rows = 0
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             if self.interrupt:
                 continue
             model_input = self.scheduler.scale_model_input(latents, t)
             inside = in_guidance_interval(t, num_train_timesteps, interval)
-            pred, grad, used = self._guided_step_inputs(model_input, t, labels, inside)
+            w = 0.0 if labels is None else (self._guidance_scale if inside else 1.0)  # CFG: class-conditional UNets
+            scale = self._classifier_scale if inside and guided else 0.0
+            abar = alpha_prod_at(self.scheduler, t) if scale else None
+            pred, grad, used = self._prediction_and_gradient(model_input, t, cond, uncond, w, scale, labels, abar)
             rows += used
-            scale = self._classifier_scale
             if grad is not None and method == "score":
-                pred = score_correction(pred, grad, alpha_prod_at(self.scheduler, t), scale, ptype)
+                pred = score_correction(pred, grad, abar, scale, ptype)
             latents = self.scheduler.step(pred, t, latents, **step_kwargs).prev_sample
             if grad is not None and method == "mean_shift":
                 latents = mean_shift(latents, grad, ancestral_variance(self.scheduler, t).to(latents.device), scale)

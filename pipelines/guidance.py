@@ -130,6 +130,12 @@ def ancestral_variance(scheduler: Any, timestep: Any) -> torch.Tensor:
     return variance**2 if scheduler.config.variance_type == "fixed_small_log" else variance  # "_log" gives the std
 
 
+def signal_and_noise_scales(alpha_prod_t: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, b) = (sqrt(abar_t), sqrt(1 - abar_t)): x_t = a x0 + b eps."""
+    a = torch.as_tensor(alpha_prod_t, dtype=torch.float32, device=device).sqrt()
+    return a, (1 - a**2).clamp_min(0).sqrt()
+
+
 def alpha_prod_at(scheduler: Any, timestep: Any) -> torch.Tensor:
     """abar_t of a discrete VP scheduler at a possibly fractional `timestep` (Euler's spacings), interpolated in
     sigma = sqrt((1 - abar) / abar) as Euler interpolates its sigmas; exact at integer timesteps."""
@@ -176,8 +182,7 @@ def score_correction(
     """
     if classifier_scale == 0:
         return prediction
-    a = torch.as_tensor(alpha_prod_t, dtype=torch.float32, device=prediction.device).sqrt()
-    b = (1 - a**2).clamp_min(0).sqrt()
+    a, b = signal_and_noise_scales(alpha_prod_t, prediction.device)
     delta_eps = -classifier_scale * b * grad.float()
     if prediction_type == "epsilon":
         delta = delta_eps
@@ -204,8 +209,7 @@ def predicted_original(
     sample: torch.Tensor, prediction: torch.Tensor, alpha_prod_t: torch.Tensor | float, prediction_type: str
 ) -> torch.Tensor:
     """Tweedie's estimate of x0 from x_t = a x0 + b eps and the network's eps, v or x0 output."""
-    a = torch.as_tensor(alpha_prod_t, dtype=torch.float32, device=sample.device).sqrt()
-    b = (1 - a**2).clamp_min(0).sqrt()
+    a, b = signal_and_noise_scales(alpha_prod_t, sample.device)
     if prediction_type == "epsilon":
         return (sample - b * prediction) / a
     if prediction_type == "v_prediction":

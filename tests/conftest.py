@@ -32,3 +32,32 @@ def tiny_pipeline(prediction_type: str = "epsilon") -> ClassConditionalDDPMPipel
 @pytest.fixture
 def pipe() -> ClassConditionalDDPMPipeline:
     return tiny_pipeline()
+
+
+SAMPLE_WITHOUT_CONDIFF = """
+import sys, torch
+sys.modules["condiff"] = None  # make any import of condiff fail
+from diffusers import DiffusionPipeline
+folder, code, out, call = sys.argv[1:5]
+pipe = DiffusionPipeline.from_pretrained(folder, custom_pipeline=code, trust_remote_code=True)
+assert "condiff" not in type(pipe).__module__, type(pipe).__module__
+pipe.set_progress_bar_config(disable=True)
+images = pipe(generator=torch.Generator().manual_seed(0), output_type="pt", **eval(call)).images
+torch.save(images, out)
+print(type(pipe).__module__)
+"""
+
+
+def sample_without_condiff(folder, out, call: str, code=None) -> tuple[torch.Tensor, str]:
+    """Load `folder` through diffusers' custom-pipeline mechanism (code from `code`, default the folder itself) in a
+    subprocess where condiff cannot be imported, and call it with `eval(call)` (a dict literal of arguments) and a
+    generator seeded 0. Returns (images as "pt", the pipeline class's module)."""
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-c", SAMPLE_WITHOUT_CONDIFF, str(folder), str(code or folder), str(out), call]
+    result = subprocess.run(
+        args, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return torch.load(out, weights_only=True), result.stdout.strip().splitlines()[-1]

@@ -5,15 +5,13 @@ scheduler runs, save/load (also without condiff), the diffusers conventions, and
 from __future__ import annotations
 
 import functools
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from condiff.pipelines import ClassConditionalDDPMPipeline, ClassifierGuidedPipeline
 from condiff.pipelines.guidance import alpha_prod_at, classifier_log_prob_grad, score_correction
 from condiff.pipelines.noise_aware_classifier import NoiseAwareClassifier
+from conftest import sample_without_condiff
 from diffusers import (
     DDIMScheduler,
     DDPMPipeline,
@@ -227,34 +225,15 @@ def test_save_load_round_trip(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(standalone.parameters(), pipe.classifier.parameters(), strict=True))
 
 
-LOAD_WITHOUT_CONDIFF = """
-import sys, torch
-sys.modules["condiff"] = None  # make any import of condiff fail
-from diffusers import DiffusionPipeline
-pipe = DiffusionPipeline.from_pretrained(sys.argv[1], custom_pipeline=sys.argv[1], trust_remote_code=True)
-assert "condiff" not in type(pipe).__module__ + type(pipe.classifier).__module__
-pipe.set_progress_bar_config(disable=True)
-g = torch.Generator().manual_seed(0)
-images = pipe(label=[0, 1, 2], classifier_scale=3.0, num_inference_steps=5, generator=g, output_type="latent").images
-torch.save(images, sys.argv[2])
-"""
-
-
 def test_the_saved_folder_loads_without_condiff(tmp_path):
     pipe, model = make_pipe(), tmp_path / "model"
     pipe.save_pretrained(model)
     stage_pipeline_code(model, "classifier_guided.py")
-    out = tmp_path / "images.pt"
-    result = subprocess.run(
-        [sys.executable, "-c", LOAD_WITHOUT_CONDIFF, str(model), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    expected = sample(pipe, classifier_scale=3.0)
-    torch.testing.assert_close(torch.load(out, weights_only=True), expected, atol=2e-6, rtol=0)
+    call = "dict(label=[0, 1, 2], classifier_scale=3.0, num_inference_steps=5)"
+    images, module = sample_without_condiff(model, tmp_path / "images.pt", call)
+    assert "diffusers_modules" in module
+    expected = sample(pipe, classifier_scale=3.0, output_type="pt")
+    torch.testing.assert_close(images, expected, atol=2e-6, rtol=0)
 
 
 def test_dtype_move_and_batch_consistency():

@@ -1,13 +1,11 @@
 """ClassConditionalDDPMPipeline: arguments, outputs, determinism, schedulers, save/load, custom-pipeline loading."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import sample_without_condiff
 from diffusers import (
     DDIMScheduler,
     DPMSolverMultistepScheduler,
@@ -158,21 +156,6 @@ def test_save_load_round_trip(pipe, tmp_path):
     assert torch.equal(run(pipe, label=[0, 2], output_type="pt"), run(loaded, label=[0, 2], output_type="pt"))
 
 
-LOAD_WITHOUT_CONDIFF = """
-import sys, torch
-sys.modules["condiff"] = None  # make any import of condiff fail
-from diffusers import DiffusionPipeline
-folder, code = sys.argv[1], sys.argv[2]
-pipe = DiffusionPipeline.from_pretrained(folder, custom_pipeline=code, trust_remote_code=True)
-assert "condiff" not in type(pipe).__module__, type(pipe).__module__
-pipe.set_progress_bar_config(disable=True)
-g = torch.Generator().manual_seed(0)
-images = pipe(label=[0, "two"], num_inference_steps=3, generator=g, output_type="pt").images
-torch.save(images, sys.argv[3])
-print(type(pipe).__module__)
-"""
-
-
 @pytest.mark.parametrize("source", ["repo_file", "staged_folder"])
 def test_custom_pipeline_loads_without_condiff(pipe, tmp_path, source):
     model = tmp_path / "model"
@@ -182,18 +165,10 @@ def test_custom_pipeline_loads_without_condiff(pipe, tmp_path, source):
     else:
         stage_pipeline_code(model)
         code = str(model)
-    out = tmp_path / "images.pt"
-    result = subprocess.run(
-        [sys.executable, "-c", LOAD_WITHOUT_CONDIFF, str(model), code, str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "diffusers_modules" in result.stdout
-    expected = run(pipe, label=[0, 2], output_type="pt")
-    assert torch.equal(torch.load(out, weights_only=True), expected)
+    call = "dict(label=[0, 'two'], num_inference_steps=3)"
+    images, module = sample_without_condiff(model, tmp_path / "images.pt", call, code)
+    assert "diffusers_modules" in module
+    assert torch.equal(images, run(pipe, label=[0, 2], output_type="pt"))
 
 
 def test_custom_pipeline_needs_trust_remote_code(pipe, tmp_path):

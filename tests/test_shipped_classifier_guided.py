@@ -3,13 +3,11 @@ evaluator: guidance turns chance-level "accuracy" into the requested digits; the
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from conftest import sample_without_condiff
 
 from condiff import ClassifierGuidedPipeline, shipped_model_path
 from condiff.evaluation import classifier_features_and_logits, default_classifier
@@ -44,22 +42,9 @@ def test_shipped_folder_carries_its_code_and_loads_without_condiff(tmp_path):
         assert (folder / target).read_bytes() == (repo_pipelines / source).read_bytes(), target
     classifier_code = folder / "classifier" / "noise_aware_classifier.py"
     assert classifier_code.read_bytes() == (repo_pipelines / "noise_aware_classifier.py").read_bytes()
-    code = (
-        "import sys, torch\n"
-        "sys.modules['condiff'] = None\n"
-        "from diffusers import DiffusionPipeline\n"
-        "pipe = DiffusionPipeline.from_pretrained(sys.argv[1], custom_pipeline=sys.argv[1], trust_remote_code=True)\n"
-        "pipe.set_progress_bar_config(disable=True)\n"
-        "g = torch.Generator().manual_seed(0)\n"
-        "out = pipe(label=[3, 7], num_inference_steps=4, generator=g, output_type='pt')\n"
-        "torch.save(out.images, sys.argv[2])\n"
-    )
-    saved = tmp_path / "images.pt"
-    result = subprocess.run([sys.executable, "-c", code, str(folder), str(saved)], capture_output=True, text=True,
-                            timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    images, _ = sample_without_condiff(folder, tmp_path / "images.pt", "dict(label=[3, 7], num_inference_steps=4)")
     pipe = ClassifierGuidedPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
     g = torch.Generator().manual_seed(0)
     expected = pipe(label=[3, 7], num_inference_steps=4, generator=g, output_type="pt").images
-    torch.testing.assert_close(torch.load(saved, weights_only=True), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(images, expected, atol=1e-5, rtol=0)

@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import torch
+from conftest import sample_without_condiff
 from PIL import Image
 
 from condiff import ClassConditionalDDPMPipeline, shipped_model_path
@@ -60,23 +61,9 @@ def test_shipped_folder_loads_without_condiff_from_its_own_code(tmp_path):
     repo_pipelines = Path(__file__).resolve().parents[1] / "pipelines"
     for target, source in PIPELINE_CODE.items():
         assert (folder / target).read_bytes() == (repo_pipelines / source).read_bytes(), target
-    code = (
-        "import sys, torch\n"
-        "sys.modules['condiff'] = None\n"
-        "from diffusers import DiffusionPipeline\n"
-        "pipe = DiffusionPipeline.from_pretrained(sys.argv[1], custom_pipeline=sys.argv[1], trust_remote_code=True)\n"
-        "pipe.set_progress_bar_config(disable=True)\n"
-        "g = torch.Generator().manual_seed(0)\n"
-        "out = pipe(label=[3, 3], num_inference_steps=4, generator=g, output_type='pt')\n"
-        "torch.save(out.images, sys.argv[2])\n"
-        "print(type(pipe).__module__, out.nfe_per_image)\n"
-    )
-    saved = tmp_path / "images.pt"
-    result = subprocess.run([sys.executable, "-c", code, str(folder), str(saved)], capture_output=True, text=True,
-                            timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.startswith("diffusers_modules")
+    images, module = sample_without_condiff(folder, tmp_path / "images.pt", "dict(label=[3, 3], num_inference_steps=4)")
+    assert module.startswith("diffusers_modules")
     pipe = ClassConditionalDDPMPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
     expected = pipe(label=[3, 3], num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="pt")
-    assert torch.allclose(torch.load(saved, weights_only=True), expected.images, atol=1e-5)
+    assert torch.allclose(images, expected.images, atol=1e-5)
