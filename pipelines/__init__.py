@@ -8,6 +8,7 @@ from .checks import MAX_IMAGES_PER_CALL, OUTPUT_TYPES
 from .class_conditional import ClassConditionalDDPMPipeline
 from .classifier_guided import ClassifierGuidedPipeline
 from .guidance import cfg_combine, guided_prediction, in_guidance_interval, rescale_guided
+from .latent_cfg import LatentCFGPipeline
 from .outputs import CondiffPipelineOutput
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "ClassConditionalDDPMPipeline",
     "ClassifierGuidedPipeline",
     "CondiffPipelineOutput",
+    "LatentCFGPipeline",
     "cfg_combine",
     "guided_prediction",
     "in_guidance_interval",

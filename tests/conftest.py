@@ -61,3 +61,20 @@ def sample_without_condiff(folder, out, call: str, code=None) -> tuple[torch.Ten
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return torch.load(out, weights_only=True), result.stdout.strip().splitlines()[-1]
+
+
+TEXT_WIDTH = 32
+
+
+@pytest.fixture(scope="session")
+def encoder_folder(tmp_path_factory) -> str:
+    """A tiny random BERT with all-MiniLM-L6-v2's tokenizer, saved as a folder (a text encoder named by path)."""
+    from condiff.pipelines.text_encoding import DEFAULT_TEXT_ENCODER, resolve_text_encoder
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-encoder")
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=TEXT_WIDTH, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    BertModel(config).eval().save_pretrained(folder)
+    AutoTokenizer.from_pretrained(resolve_text_encoder(DEFAULT_TEXT_ENCODER)).save_pretrained(folder)
+    return str(folder)

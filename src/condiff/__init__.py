@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from condiff.pipelines import ClassConditionalDDPMPipeline, ClassifierGuidedPipeline
+    from condiff.pipelines import ClassConditionalDDPMPipeline, ClassifierGuidedPipeline, LatentCFGPipeline
 
 __version__ = "0.1.0"
 
@@ -29,11 +29,17 @@ def shipped_model_path(pipeline: str = "class-conditional") -> Path:
 
 def __getattr__(name: str) -> Any:
     """Import the pipelines (and with them torch and diffusers) on first use."""
-    if name in ("ClassConditionalDDPMPipeline", "ClassifierGuidedPipeline"):
+    if name in ("ClassConditionalDDPMPipeline", "ClassifierGuidedPipeline", "LatentCFGPipeline"):
         import condiff.pipelines
 
         return getattr(condiff.pipelines, name)
     raise AttributeError(f"module 'condiff' has no attribute {name!r}")
 
 
-__all__ = ["ClassConditionalDDPMPipeline", "ClassifierGuidedPipeline", "shipped_model_path", "__version__"]
+__all__ = [
+    "ClassConditionalDDPMPipeline",
+    "ClassifierGuidedPipeline",
+    "LatentCFGPipeline",
+    "shipped_model_path",
+    "__version__",
+]

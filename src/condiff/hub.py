@@ -13,7 +13,8 @@ from condiff.files import atomic_write_text, safetensors_problem
 # Files of the Hub-loadable pipeline code, copied next to the weights so that
 # `DiffusionPipeline.from_pretrained(repo, custom_pipeline=repo, trust_remote_code=True)` works without condiff.
 HELPER_CODE = ("checks.py", "guidance.py", "labels.py", "locking.py", "outputs.py", "sampling.py")
-OWN_CODE = {"classifier_guided.py": ("noise_aware_classifier.py",)}  # helpers only one pipeline imports
+# helpers only one pipeline imports
+OWN_CODE = {"classifier_guided.py": ("noise_aware_classifier.py",), "latent_cfg.py": ("text_encoding.py",)}
 
 
 def pipeline_code(pipeline_file: str) -> dict[str, str]:

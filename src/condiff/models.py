@@ -79,3 +79,63 @@ def scheduler_for(name: str, config) -> SchedulerMixin:
 def default_sampling_scheduler(train_scheduler: SchedulerMixin) -> SchedulerMixin:
     """The scheduler condiff ships with: DPM-Solver++ (2M) on the training schedule (`DPM_SOLVER_SETTINGS`)."""
     return scheduler_for("dpm++2m", train_scheduler.config)
+
+
+def small_vae(
+    channels: int = 1,
+    block_out_channels: tuple[int, ...] = (32, 64, 64),
+    latent_channels: int = 4,
+    layers_per_block: int = 1,
+    norm_num_groups: int = 8,
+    sample_size: int = 28,
+):
+    """A small `AutoencoderKL`: each block after the first halves the size (28 -> 7 with three blocks).
+
+    The mid-block attention is off: at these sizes it costs CPU time for no measurable gain (as for the UNets).
+    """
+    from diffusers import AutoencoderKL
+
+    n = len(block_out_channels)
+    return AutoencoderKL(
+        in_channels=channels,
+        out_channels=channels,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(block_out_channels),
+        layers_per_block=layers_per_block,
+        latent_channels=latent_channels,
+        norm_num_groups=norm_num_groups,
+        sample_size=sample_size,
+        mid_block_add_attention=False,
+    )
+
+
+def latent_text_unet(
+    latent_channels: int,
+    sample_size: int,
+    cross_attention_dim: int,
+    block_out_channels: tuple[int, ...] = (64, 128),
+    layers_per_block: int = 1,
+    attention_head_dim: int = 8,
+    norm_num_groups: int = 32,
+    num_classes: int | None = None,
+):
+    """A `UNet2DConditionModel` for latents: cross-attention to the text in every block, AdaGN ("scale_shift")
+    conditioning on the timestep (and, with `num_classes`, on K + 1 class embeddings, the last the null class)."""
+    from diffusers import UNet2DConditionModel
+
+    n = len(block_out_channels)
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
+        block_out_channels=tuple(block_out_channels),
+        layers_per_block=layers_per_block,
+        down_block_types=("CrossAttnDownBlock2D",) * n,
+        up_block_types=("CrossAttnUpBlock2D",) * n,
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=attention_head_dim,
+        norm_num_groups=norm_num_groups,
+        resnet_time_scale_shift="scale_shift",
+        num_class_embeds=None if num_classes is None else num_classes + 1,
+    )

@@ -9,4 +9,6 @@ TASKS = {
     "evaluator": "condiff.tasks.evaluator:EvaluatorTask",
     "unconditional": "condiff.tasks.unconditional:UnconditionalTask",
     "classifier": "condiff.tasks.noisy_classifier:NoiseAwareClassifierTask",
+    "vae": "condiff.tasks.vae:VAETask",
+    "latent_cfg": "condiff.tasks.latent_cfg:LatentCFGTask",
 }

@@ -15,6 +15,11 @@ def add_denoiser_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--layers_per_block", type=int, default=1)
     g.add_argument("--attention", action="store_true", help="add attention blocks at the lower resolutions")
     g.add_argument("--norm_num_groups", type=int, default=8)
+    add_diffusion_arguments(p)
+
+
+def add_diffusion_arguments(p: argparse.ArgumentParser) -> None:
+    """The noise schedule, prediction type and validation sampler flags every diffusion task has."""
     g = p.add_argument_group("diffusion")
     g.add_argument("--prediction_type", choices=PREDICTION_TYPES, default="epsilon")
     g.add_argument("--noise_schedule", choices=NOISE_SCHEDULES, default="squaredcos_cap_v2")
@@ -35,10 +40,15 @@ def check_channels(channels, norm_num_groups: int) -> None:
 
 
 def check_denoiser_args(a: argparse.Namespace) -> None:
-    for name in ("layers_per_block", "num_train_timesteps", "norm_num_groups"):
+    for name in ("layers_per_block", "norm_num_groups"):
         require_int(name, getattr(a, name))
-    require_int("validation_inference_steps", a.validation_inference_steps, 1, a.num_train_timesteps)
+    check_diffusion_args(a)
     check_channels(a.block_out_channels, a.norm_num_groups)
+
+
+def check_diffusion_args(a: argparse.Namespace) -> None:
+    require_int("num_train_timesteps", a.num_train_timesteps)
+    require_int("validation_inference_steps", a.validation_inference_steps, 1, a.num_train_timesteps)
 
 
 def build_denoiser(a: argparse.Namespace, channels: int, num_classes: int | None):
