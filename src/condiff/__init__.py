@@ -16,12 +16,17 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 
-SHIPPED_MODELS = {"class-conditional": "mnist-cfg", "classifier-guided": "mnist-classifier-guided"}
+SHIPPED_MODELS = {
+    "class-conditional": "mnist-cfg",
+    "classifier-guided": "mnist-classifier-guided",
+    "latent": "mnist-latent-text",
+}
 
 
 def shipped_model_path(pipeline: str = "class-conditional") -> Path:
     """Folder of a pipeline that ships with condiff (no download needed): the class-conditional MNIST model (CFG),
-    or with `pipeline="classifier-guided"` the unconditional MNIST model with its noise-aware classifier."""
+    with `pipeline="classifier-guided"` the unconditional MNIST model with its noise-aware classifier, with
+    `pipeline="latent"` the text-to-image latent diffusion model."""
     if pipeline not in SHIPPED_MODELS:
         raise ValueError(f"pipeline must be one of {sorted(SHIPPED_MODELS)}, got {pipeline!r}")
     return Path(str(resources.files("condiff") / "assets" / SHIPPED_MODELS[pipeline]))

@@ -99,8 +99,30 @@ def image_grid(images: list, cols: int, upscale: int) -> Any:
     return grid.resize((grid.width * upscale, grid.height * upscale), Image.NEAREST)
 
 
+def resolve_pipeline(args: argparse.Namespace) -> str:
+    """--pipeline, or "latent" when --prompt is given without it; text options need the latent pipeline, --label
+    the others (checked before any model work)."""
+    prompt, negative = getattr(args, "prompt", None), getattr(args, "negative_prompt", None)
+    pipeline = args.pipeline or ("latent" if prompt else "class-conditional")
+    if pipeline == "latent":
+        if getattr(args, "label", None) is not None:
+            raise ValueError("--label does not apply to --pipeline latent (a text-to-image model): use --prompt")
+        if not prompt and args.command == "generate":
+            raise ValueError('--pipeline latent needs --prompt, e.g. --prompt "a thick seven"')
+    elif prompt or negative:
+        raise ValueError(f"--prompt and --negative-prompt need --pipeline latent, not {pipeline}")
+    args.pipeline = pipeline
+    return pipeline
+
+
 def guidance_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The pipeline's guidance arguments from the command line; options of the other pipeline kind are refused."""
+    resolve_pipeline(args)
+    if args.pipeline == "latent":
+        given = [flag for flag, value in CG_ONLY.items() if getattr(args, value) is not None]
+        if given:
+            raise ValueError(f"{given[0]} needs --pipeline classifier-guided")
+        return {} if args.guidance_scale is None else {"guidance_scale": args.guidance_scale}
     if args.pipeline == "class-conditional":
         given = [flag for flag, value in CG_ONLY.items() if getattr(args, value) is not None]
         if given:
@@ -126,17 +148,19 @@ def generate(args: argparse.Namespace) -> Path:
 
     guidance = guidance_kwargs(args)
     pipe = load_pipeline(args.model, args.scheduler, pipeline=args.pipeline)
-    label = parse_label(args.label)
-    num_labels = len(label) if isinstance(label, list) else 1
     pipe.set_progress_bar_config(disable=args.quiet)
     kwargs = {} if args.steps is None else {"num_inference_steps": args.steps}
-    images = pipe(
-        label=label,
-        num_images_per_label=args.num_images,
-        generator=torch.Generator().manual_seed(args.seed),
-        **guidance,
-        **kwargs,
-    ).images
+    generator = torch.Generator().manual_seed(args.seed)
+    if args.pipeline == "latent":
+        label, num_labels = args.prompt, len(args.prompt)
+        kwargs |= {"prompt": args.prompt, "negative_prompt": args.negative_prompt}
+        images = pipe(num_images_per_prompt=args.num_images, generator=generator, **guidance, **kwargs).images
+    else:
+        label = parse_label(args.label)
+        num_labels = len(label) if isinstance(label, list) else 1
+        images = pipe(
+            label=label, num_images_per_label=args.num_images, generator=generator, **guidance, **kwargs
+        ).images
     cols = args.num_images if num_labels > 1 else math.ceil(math.sqrt(len(images)))
     data = io.BytesIO()
     image_grid(images, cols, args.upscale).save(data, format=Image.registered_extensions()[out.suffix.lower()])
@@ -177,6 +201,11 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from condiff.loading import load_pipeline
 
     guidance = guidance_kwargs(args)
+    if args.pipeline == "latent":
+        raise ValueError(
+            "condiff evaluate scores label-conditioned pipelines; for --pipeline latent (text prompts) "
+            "run `python benchmarks/latent_cfg.py --model <folder>`"
+        )
     pipe = load_pipeline(args.model, args.scheduler, pipeline=args.pipeline)
     evaluable_or_raise(pipe, args.model)
     pipe.set_progress_bar_config(disable=True)
@@ -223,8 +252,9 @@ def add_model_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--pipeline",
         choices=PIPELINES,
-        default="class-conditional",
-        help="class-conditional (CFG) or classifier-guided (an unconditional model steered by a classifier)",
+        default=None,
+        help="class-conditional (CFG), classifier-guided (an unconditional model steered by a classifier) or latent "
+        "(text-to-image latent diffusion); default: latent with --prompt, else class-conditional",
     )
     s.add_argument(
         "--model", default=None, help="saved pipeline folder or Hub id (default: the shipped MNIST model of --pipeline)"
@@ -272,6 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
         help='class id or name, a comma-separated list (one grid row per label), or "none" '
         "(default: none, i.e. unconditional)",
     )
+    g.add_argument(
+        "--prompt",
+        nargs="+",
+        default=None,
+        help='text prompt(s) for --pipeline latent, one grid row per prompt: --prompt "a thick seven" "a thin 1"',
+    )
+    g.add_argument("--negative-prompt", default=None, help="negative prompt (--pipeline latent)")
     g.add_argument(
         "--num-images",
         type=int_in(1, 65536),

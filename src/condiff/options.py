@@ -17,5 +17,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 PIPELINE_CLASSES = {
     "class-conditional": "ClassConditionalDDPMPipeline",
     "classifier-guided": "ClassifierGuidedPipeline",
+    "latent": "LatentCFGPipeline",
 }
 PIPELINES = tuple(PIPELINE_CLASSES)
