@@ -118,6 +118,9 @@ def test_latent_task_exports_a_pipeline_with_its_caption_attributes(tmp_path, mn
         pipe.config.text_encoder_name_or_path == encoder_folder and pipe.unet.config.cross_attention_dim == TEXT_WIDTH
     )
     assert pipe.num_classes == 10 and pipe.unet.config.sample_size == 7 and pipe.config.max_text_length == 12
+    # latents are unbounded: the shipped sampler must not clip x0 to [-1, 1] as it does for pixels
+    sampler = pipe.scheduler.config
+    assert not sampler.thresholding and not sampler.clip_sample and sampler.prediction_type == "v_prediction"
     thresholds = json.loads((out / "caption_attributes.json").read_text())
     assert (
         set(thresholds) == {"thickness", "slant", "width"} and thresholds["thickness"][0] < thresholds["thickness"][1]
@@ -152,7 +155,8 @@ def test_short_latent_training_reduces_the_denoising_loss(tmp_path, mnist_vae, e
     out = run(["latent_cfg", "--output_dir", str(tmp_path / "l"), "--vae", mnist_vae, "--text_encoder", encoder_folder,
                *LATENT, "--max_train_steps", "150", "--max_train_samples", "1024", "--train_batch_size", "32",
                "--learning_rate", "2e-3", "--lr_warmup_steps", "10", "--validation_steps", "1000",
-               "--checkpointing_steps", "1000", "--use_ema", "--ema_max_decay", "0.9"])  # fmt: skip
+               "--checkpointing_steps", "1000", "--use_ema", "--ema_max_decay", "0.9",
+               "--prediction_type", "epsilon"])  # fmt: skip
     images, labels = load_mnist_arrays("test")
     images, labels = images[:128], labels[:128]
     vae = AutoencoderKL.from_pretrained(mnist_vae)
@@ -161,7 +165,7 @@ def test_short_latent_training_reduces_the_denoising_loss(tmp_path, mnist_vae, e
     words = attribute_words(measure_attributes(images), fit_thresholds(measure_attributes(images)))
     encoder, tokenizer = load_text_encoder(encoder_folder)
     text = encode_text(encoder, tokenizer, make_captions(labels, words, np.random.default_rng(0)), 12)
-    scheduler = training_scheduler("squaredcos_cap_v2", "epsilon", 1000)
+    scheduler = training_scheduler("squaredcos_cap_v2", "epsilon", 1000, clip_sample=False)
 
     def held_out_loss(unet) -> float:
         with torch.no_grad():

@@ -40,9 +40,13 @@ def class_conditional_unet(
 
 
 def training_scheduler(
-    noise_schedule: str = "squaredcos_cap_v2", prediction_type: str = "v_prediction", num_train_timesteps: int = 1000
+    noise_schedule: str = "squaredcos_cap_v2",
+    prediction_type: str = "v_prediction",
+    num_train_timesteps: int = 1000,
+    clip_sample: bool = True,
 ) -> DDPMScheduler:
-    """The DDPM noise schedule used for training (and for the 1000-step reference sampler)."""
+    """The DDPM noise schedule used for training (and for the 1000-step reference sampler). `clip_sample`: the data
+    lives in [-1, 1] (pixels), so samplers may clip x0 to it; False for latents, which are not bounded."""
     if noise_schedule not in NOISE_SCHEDULES:
         raise ValueError(f"noise_schedule must be one of {NOISE_SCHEDULES}, got {noise_schedule!r}")
     if prediction_type not in PREDICTION_TYPES:
@@ -51,7 +55,7 @@ def training_scheduler(
         num_train_timesteps=num_train_timesteps,
         beta_schedule=noise_schedule,
         prediction_type=prediction_type,
-        clip_sample=True,
+        clip_sample=clip_sample,
         clip_sample_range=1.0,
     )
 
@@ -73,6 +77,8 @@ def scheduler_for(name: str, config) -> SchedulerMixin:
     if name not in SAMPLERS:
         raise ValueError(f"scheduler must be one of {sorted(SAMPLERS)}, got {name!r}")
     extra = DPM_SOLVER_SETTINGS if name == "dpm++2m" else {}
+    if extra and not config.get("clip_sample", True):  # unbounded data (latents): x0 must not be clipped to [-1, 1]
+        extra = extra | {"thresholding": False}
     return getattr(diffusers, SAMPLERS[name]).from_config(config, **extra)
 
 

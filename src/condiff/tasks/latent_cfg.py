@@ -24,6 +24,7 @@ DEFAULT_VALIDATION_PROMPTS = ["a thick seven", "a thin seven", "a right-slanted 
 class LatentCFGTask(ImageDataTask):
     name = "latent_cfg"
     description = "Train a text-conditional latent diffusion model (UNet2DConditionModel on VAE latents) for CFG."
+    defaults = {"prediction_type": "v_prediction"}  # x0 from v needs no division by sqrt(abar_t), ~0 at t = T
 
     @classmethod
     def add_arguments(cls, p: argparse.ArgumentParser) -> None:
@@ -85,7 +86,9 @@ class LatentCFGTask(ImageDataTask):
         self.posterior = encode_posterior(vae, images)  # (mean, std), once
         self.scaling_factor = float(vae.config.scaling_factor)
         self.captions = self.caption_table(encoder, tokenizer)
-        self.noise_scheduler = training_scheduler(a.noise_schedule, a.prediction_type, a.num_train_timesteps)
+        self.noise_scheduler = training_scheduler(
+            a.noise_schedule, a.prediction_type, a.num_train_timesteps, clip_sample=False
+        )
         unet = latent_text_unet(
             vae.config.latent_channels,
             a.resolution // vae_scale_factor(vae.config),
