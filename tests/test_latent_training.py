@@ -178,3 +178,29 @@ def test_short_latent_training_reduces_the_denoising_loss(tmp_path, mnist_vae, e
     trained = UNet2DConditionModel.from_pretrained(out / "unet").eval()
     before, after = held_out_loss(untrained), held_out_loss(trained)
     assert after < 0.6 * before, (before, after)
+
+
+def test_latent_task_trains_on_a_captioned_datasets_folder_without_labels(tmp_path, mnist_vae, encoder_folder):
+    from condiff.pipelines import LatentCFGPipeline
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
+
+    from condiff.data import load_mnist_arrays
+
+    images, labels = load_mnist_arrays("train")
+    captions = [f"a handwritten digit {d} in ink" for d in labels[:40]]
+    features = Features({"picture": ImageFeature(), "text": Value("string")})
+    folder = tmp_path / "captioned"
+    folder.mkdir()
+    Dataset.from_dict({"picture": list(images[:40]), "text": captions}, features=features).to_parquet(
+        str(folder / "train.parquet")
+    )
+    common = ["latent_cfg", "--vae", mnist_vae, "--text_encoder", encoder_folder, *LATENT, "--dataset_name",
+              str(folder), "--image_column", "picture", "--cache_dir", str(tmp_path / "cache")]  # fmt: skip
+    with pytest.raises(ValueError, match="--caption_column 'caption' is not a column of the data set"):
+        run([*common, "--output_dir", str(tmp_path / "bad"), "--caption_column", "caption"])
+    out = run([*common, "--output_dir", str(tmp_path / "l"), "--caption_column", "text", "--max_train_steps", "2",
+               "--train_batch_size", "8"])  # fmt: skip
+    pipe = LatentCFGPipeline.from_pretrained(out)
+    assert pipe.num_classes is None and not (out / "caption_attributes.json").exists()
+    assert "the data set's `text` column" in (out / "README.md").read_text()

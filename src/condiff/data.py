@@ -48,7 +48,7 @@ class LabelledImages:
 
     dataset: Dataset
     image_column: str
-    label_column: str
+    label_column: str | None
     label_names: list[str]
 
     @property
@@ -82,7 +82,7 @@ def load_labelled_images(
     dataset_config_name: str | None = None,
     train_data_dir: str | None = None,
     image_column: str = "image",
-    label_column: str = "label",
+    label_column: str | None = "label",
     split: str = "train",
     cache_dir: str | None = None,
 ) -> LabelledImages:
@@ -90,6 +90,7 @@ def load_labelled_images(
 
     With neither `dataset_name` nor `train_data_dir`, the vendored MNIST split is used. Columns are checked
     before any training work; label names come from a `ClassLabel` column or from the sorted distinct values.
+    `label_column=None`: images without labels (no label names).
     """
     if dataset_name and train_data_dir:
         raise ValueError("Pass only one of --dataset_name and --train_data_dir, not both")
@@ -103,12 +104,12 @@ def load_labelled_images(
 
     columns = list(dataset.column_names)
     for flag, column in (("--image_column", image_column), ("--label_column", label_column)):
-        if column not in columns:
+        if column is not None and column not in columns:
             raise ValueError(f"{flag} {column!r} is not a column of the data set; its columns are {columns}")
     if len(dataset) == 0:
         raise ValueError("the training data set is empty")
 
-    dataset, names = _class_names(dataset, label_column)
+    dataset, names = _class_names(dataset, label_column) if label_column is not None else (dataset, [])
     return LabelledImages(dataset, image_column, label_column, names)
 
 

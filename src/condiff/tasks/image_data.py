@@ -47,16 +47,16 @@ def describe_image_data(args: argparse.Namespace) -> str:
 class LabelledImageData:
     """The data set the flags name, its first `--max_train_samples` rows, with undecodable images checked."""
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: argparse.Namespace, labelled: bool = True):
         from condiff.data import check_images, load_labelled_images
 
-        self.args = args
+        self.args, self.label_column = args, args.label_column if labelled else None
         data = load_labelled_images(
             args.dataset_name,
             args.dataset_config_name,
             args.train_data_dir,
             args.image_column,
-            args.label_column,
+            self.label_column,
             cache_dir=args.cache_dir,
         )
         dataset = data.dataset
@@ -71,13 +71,13 @@ class LabelledImageData:
         return len(self.label_names)
 
     def collate(self, rows: list[dict]) -> dict:
-        """{"images": (N, C, H, W) in [-1, 1], "labels": (N,) int64}."""
+        """{"images": (N, C, H, W) in [-1, 1], "labels": (N,) int64 (-1 without labels)}."""
         import torch
 
         from condiff.data import pil_to_model_tensor
 
         images = pil_to_model_tensor([r[self.args.image_column] for r in rows], self.args.resolution, self.channels)
-        labels = torch.tensor([int(r[self.args.label_column]) for r in rows], dtype=torch.long)
+        labels = torch.tensor([int(r[self.label_column]) if self.label_column else -1 for r in rows], dtype=torch.long)
         return {"images": images, "labels": labels}
 
 

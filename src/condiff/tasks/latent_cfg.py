@@ -141,8 +141,18 @@ class LatentCFGTask(ImageDataTask):
         return {"index": torch.tensor(index), "labels": torch.tensor(labels)}
 
     def dataset(self):
-        """Rows (index, label): the images themselves were encoded once, in `build`."""
-        labels = super().dataset()[self.args.label_column]
+        """Rows (index, label): the images themselves are encoded once, in `build`. A data set with captions needs
+        no labels unless `--use_class_labels` (then the label is -1)."""
+        from condiff.tasks.image_data import LabelledImageData
+
+        a = self.args
+        self.data = LabelledImageData(a, labelled=a.use_class_labels or a.caption_column is None)
+        if a.caption_column and a.caption_column not in self.data.dataset.column_names:
+            columns = self.data.dataset.column_names
+            raise ValueError(
+                f"--caption_column {a.caption_column!r} is not a column of the data set; its columns are {columns}"
+            )
+        labels = self.data.dataset[a.label_column] if self.data.label_column else [-1] * len(self.data.dataset)
         return [(i, int(label)) for i, label in enumerate(labels)]
 
     def loss(self, modules: Modules, batch: dict, generator):
