@@ -58,7 +58,9 @@ def test_no_pickle_loading_paths_in_the_code():
 def test_library_weight_loading_refuses_non_safetensors():
     problems = []
     for path in tracked_python_files(WEIGHT_LOADING_DIRS):
-        for line, _owner, name, kw in calls(path):
+        for line, owner, name, kw in calls(path):
+            if owner.endswith(("Tokenizer", "Config")):  # tokenizers and configs hold no weights
+                continue
             if name == "from_pretrained" and kw.get("use_safetensors") != "True":
                 problems.append(f"{path.relative_to(REPO)}:{line}: from_pretrained without use_safetensors=True")
     assert not problems, "\n".join(problems)
