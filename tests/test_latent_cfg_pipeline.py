@@ -4,6 +4,7 @@ condiff), scheduler swaps, callbacks and bad input."""
 import json
 import logging
 
+import numpy as np
 import pytest
 import torch
 from condiff.pipelines import LatentCFGPipeline
@@ -222,3 +223,27 @@ def test_batch_consistency_and_dtype_move(pipe):
     assert pipe.text_encoder.dtype == pipe.unet.dtype == pipe.vae.dtype == torch.float64
     out = run(pipe, prompt="a seven", guidance_scale=3.0, output_type="pt")
     assert out.dtype == torch.float64 and torch.isfinite(out).all()
+
+
+def test_a_clip_text_encoder_works_too(tmp_path):
+    """Any transformers encoder with a tokenizer: a tiny random CLIP text model with a hand-made BPE vocabulary."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    words = ["a</w>", "seven</w>", "thick</w>", "thin</w>", "one</w>"]
+    vocab = {t: i for i, t in enumerate(["<|startoftext|>", "<|endoftext|>", *words, *"abcdefghijklmnopqrstuvwxyz"])}
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
+    torch.manual_seed(0)
+    config = CLIPTextConfig(vocab_size=len(vocab), hidden_size=WIDTH, intermediate_size=64, num_hidden_layers=1,
+                            num_attention_heads=2, max_position_embeddings=16)  # fmt: skip
+    CLIPTextModel(config).save_pretrained(tmp_path / "clip")
+    tokenizer.save_pretrained(tmp_path / "clip")
+    vae = small_vae(1, (8, 16), latent_channels=2, norm_num_groups=4, sample_size=8).eval()
+    unet = latent_text_unet(2, 4, WIDTH, (16, 32), attention_head_dim=2, norm_num_groups=8).eval()
+    scheduler = DDPMScheduler(num_train_timesteps=50)
+    pipe = LatentCFGPipeline(vae, unet, scheduler, text_encoder_name_or_path=str(tmp_path / "clip"), max_text_length=8)
+    assert type(pipe.text_encoder).__name__ == "CLIPTextModel"
+    assert not torch.equal(pipe.encode_prompt(["a thick seven"]), pipe.encode_prompt(["a thin one"]))
+    out = pipe("a thick seven", num_inference_steps=2, guidance_scale=3.0, output_type="np").images
+    assert out.shape == (1, 8, 8, 1) and np.isfinite(out).all()
