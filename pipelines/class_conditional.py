@@ -105,15 +105,6 @@ class ClassConditionalDDPMPipeline(GuidedPipelineState, DiffusionPipeline):
     def null_class(self) -> int:
         return self.num_classes
 
-    @property
-    def guidance_rescale(self) -> float:
-        return self._guidance_rescale
-
-    @property
-    def do_classifier_free_guidance(self) -> bool:
-        """Whether a step inside the guidance interval runs both branches (scales 0 and 1 need only one)."""
-        return self._guidance_scale not in (0.0, 1.0)
-
     def get_label_ids(self, label: LabelInput) -> list[int] | None:
         """Class ids for `label` (ints, names from `id2label`, a tensor, a list of these, or None)."""
         return parse_labels(label, self.num_classes, self.id2label)

@@ -134,14 +134,6 @@ class LatentCFGPipeline(GuidedPipelineState, DiffusionPipeline):
         n = self.unet.config.num_class_embeds
         return None if n is None else n - 1
 
-    @property
-    def guidance_rescale(self) -> float:
-        return self._guidance_rescale
-
-    @property
-    def do_classifier_free_guidance(self) -> bool:
-        return self._guidance_scale not in (0.0, 1.0)
-
     def encode_prompt(self, prompts: Sequence[str]) -> torch.Tensor:
         """Text-encoder hidden states (N, max_text_length, width) on the execution device, in the UNet's dtype."""
         embeds = encode_text(self.text_encoder, self.tokenizer, prompts, self.config.max_text_length)

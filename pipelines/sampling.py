@@ -60,6 +60,7 @@ class GuidedPipelineState:
     attributes at every step, so a `callback_on_step_end` may change them mid-call."""
 
     _guidance_scale: float = 1.0
+    _guidance_rescale: float = 0.0
     _num_timesteps: int = 0
     _interrupt: bool = False
 
@@ -71,6 +72,15 @@ class GuidedPipelineState:
     def guidance_scale(self) -> float:
         """CFG's w of the running call (0 = unconditional, 1 = conditional); read from `_guidance_scale` each step."""
         return self._guidance_scale
+
+    @property
+    def guidance_rescale(self) -> float:
+        return self._guidance_rescale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        """Whether a step inside the guidance interval runs both branches (scales 0 and 1 need only one)."""
+        return self._guidance_scale not in (0.0, 1.0)
 
     @property
     def num_timesteps(self) -> int:

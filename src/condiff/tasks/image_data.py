@@ -100,6 +100,18 @@ class ImageDataTask(Task):
     def collate(self, rows: list[dict]) -> dict:
         return self.data.collate(rows)
 
+    def held_out(self, n: int):
+        """(images, labels, name) of n held-out images: the MNIST test split for the default data, else the first
+        training rows (named so in reports)."""
+        from condiff.data import load_mnist_arrays, uint8_to_model_tensor
+
+        a = self.args
+        if not a.dataset_name and not a.train_data_dir:
+            images, labels = load_mnist_arrays("test")
+            return uint8_to_model_tensor(images[:n]), labels[:n], "mnist-10k test split"
+        batch = self.collate([self.data.dataset[i] for i in range(min(n, len(self.data.dataset)))])
+        return batch["images"], batch["labels"], "training rows"
+
     def data_description(self) -> str:
         return describe_image_data(self.args)
 

@@ -67,21 +67,10 @@ class NoiseAwareClassifierTask(ImageDataTask):
         noisy, _, timesteps = noisy_batch(self.noise_scheduler, batch["images"], generator)
         return F.cross_entropy(modules.classifier(noisy, timesteps), batch["labels"]), {}
 
-    def held_out(self):
-        """(images, labels, name): the MNIST test split for the default data, else the first training rows."""
-        from condiff.data import load_mnist_arrays, uint8_to_model_tensor
-
-        a, n = self.args, self.args.validation_images
-        if not a.dataset_name and not a.train_data_dir:
-            images, labels = load_mnist_arrays("test")
-            return uint8_to_model_tensor(images[:n]), labels[:n], "mnist-10k test split"
-        batch = self.collate([self.data.dataset[i] for i in range(min(n, len(self.data.dataset)))])
-        return batch["images"], batch["labels"], "training rows"
-
     def accuracy_table(self, modules: Modules) -> dict:
         from condiff.evaluation.metrics import accuracy_by_noise_level
 
-        images, labels, split = self.held_out()
+        images, labels, split = self.held_out(self.args.validation_images)
         last = self.args.num_train_timesteps - 1
         timesteps = sorted({round(f * last) for f in NOISE_FRACTIONS})
         rows = accuracy_by_noise_level(modules.classifier, self.noise_scheduler, images, labels, timesteps)

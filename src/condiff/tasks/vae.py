@@ -69,21 +69,10 @@ class VAETask(ImageDataTask):
         mse, kl = vae_loss(modules.vae, batch["images"], generator)
         return mse + self.args.kl_weight * kl, {"mse": float(mse.detach()), "kl": float(kl.detach())}
 
-    def held_out(self):
-        """(images, labels, name): the MNIST test split for the default data, else the first training rows."""
-        from condiff.data import load_mnist_arrays, uint8_to_model_tensor
-
-        a, n = self.args, self.args.validation_images
-        if not a.dataset_name and not a.train_data_dir:
-            images, labels = load_mnist_arrays("test")
-            return uint8_to_model_tensor(images[:n]), labels[:n], "mnist-10k test split"
-        batch = self.collate([self.data.dataset[i] for i in range(min(n, len(self.data.dataset)))])
-        return batch["images"], batch["labels"], "training rows"
-
     def quality(self, modules: Modules) -> dict:
         from condiff.latents import reconstruction_report
 
-        images, labels, split = self.held_out()
+        images, labels, split = self.held_out(self.args.validation_images)
         evaluate = self.data.channels == 1 and self.args.resolution == 28  # what the MNIST evaluator takes
         report = reconstruction_report(modules.vae, images, labels, evaluate=evaluate)
         return {"split": split, **report}
@@ -98,7 +87,7 @@ class VAETask(ImageDataTask):
         from condiff.latents import reconstruct
         from condiff.pipelines.outputs import to_output_type
 
-        images = self.held_out()[0][:8]
+        images = self.held_out(8)[0]
         pairs = to_output_type(images, "pil") + to_output_type(reconstruct(modules.vae, images), "pil")
         return save_grid(pairs, 2, path)
 
