@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from diffusers import DiffusionPipeline, UNet2DModel
+from diffusers import DiffusionPipeline, UNet2DConditionModel, UNet2DModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.schedulers import SchedulerMixin
 
@@ -26,11 +26,18 @@ from .checks import (
     resolve_num_images,
     unet_sample_size,
 )
-from .guidance import check_guidance_arguments, guided_prediction, in_guidance_interval
+from .guidance import check_guidance_arguments, guidance_scale_embedding, guided_prediction, in_guidance_interval
 from .labels import LabelInput, normalize_id2label, parse_labels
 from .locking import serialized_call
 from .outputs import CondiffPipelineOutput, to_output_type
-from .sampling import GuidedPipelineState, initial_noise, scheduler_step_kwargs, step_callback
+from .sampling import (
+    GuidedPipelineState,
+    initial_noise,
+    micro_batched,
+    scheduler_step_kwargs,
+    step_callback,
+    unet_extra_inputs,
+)
 
 StepCallback = Callable[[Any, int, Any, dict], dict]
 
@@ -46,11 +53,18 @@ class ClassConditionalDDPMPipeline(GuidedPipelineState, DiffusionPipeline):
     r"""Class-conditional image generation with classifier-free guidance.
 
     Parameters:
-        unet ([`UNet2DModel`]): denoiser with `num_class_embeds = K + 1`; class K is the learned null class.
-            The pipeline never modifies a UNet it is given (no dtype, device or memory-format change); for the
-            fastest CPU sampling convert it yourself: `unet.to(memory_format=torch.channels_last)`.
+        unet ([`UNet2DModel`] or [`UNet2DConditionModel`] without cross-attention): denoiser with
+            `num_class_embeds = K + 1`; class K is the learned null class. A `UNet2DConditionModel` with
+            `time_cond_proj_dim` is guidance-distilled: it takes w as an input (`guidance_scale_embedding`) and the
+            pipeline runs one branch per step at any scale. The pipeline never modifies a UNet it is given (no
+            dtype, device or memory-format change); for the fastest CPU sampling convert it yourself:
+            `unet.to(memory_format=torch.channels_last)`.
         scheduler ([`SchedulerMixin`]): any diffusers scheduler (DDPM, DDIM, DPM-Solver++, UniPC, Euler, ...).
         id2label (`dict[int, str]`, *optional*): class names, so `label="three"` works.
+        guidance_scale_range (`(lo, hi)`, *optional*): the scales a guidance-embedded UNet was trained on; others
+            are refused.
+        micro_batch_size (`int`, *optional*): the UNet runs on slices of at most this many rows (same results, faster
+            on CPUs at large requests; `benchmarks/micro_batching.py` measures it). None: the whole batch at once.
 
     During a call, as in diffusers pipelines, `guidance_scale`, `guidance_rescale`, `num_timesteps` and `interrupt`
     are properties backed by state the loop reads at every step: a `callback_on_step_end` that sets
@@ -76,22 +90,30 @@ class ClassConditionalDDPMPipeline(GuidedPipelineState, DiffusionPipeline):
 
     def __init__(
         self,
-        unet: UNet2DModel,
+        unet: UNet2DModel | UNet2DConditionModel,
         scheduler: SchedulerMixin,
         id2label: dict | None = None,
         default_num_inference_steps: int = 20,
         default_guidance_interval: tuple | list = (0.0, 1.0),
+        micro_batch_size: int | None = None,
+        guidance_scale_range: tuple | list | None = None,
     ):
         super().__init__()
         if unet.config.num_class_embeds is None or unet.config.num_class_embeds < 2:
             raise ValueError("unet must have num_class_embeds = number of classes + 1 (the null class)")
+        if any("CrossAttn" in b for b in (*unet.config.down_block_types, *unet.config.up_block_types)):
+            raise ValueError("unet must not use cross-attention (text conditioning): use LatentCFGPipeline for that")
         self.register_modules(unet=unet, scheduler=scheduler)
         check_positive_int("default_num_inference_steps", default_num_inference_steps)
         check_guidance_arguments(1.0, 0.0, default_guidance_interval)
+        if micro_batch_size is not None:
+            check_positive_int("micro_batch_size", micro_batch_size, MAX_IMAGES_PER_CALL)
         self.register_to_config(
             id2label=normalize_id2label(id2label),
             default_num_inference_steps=default_num_inference_steps,
             default_guidance_interval=[float(v) for v in default_guidance_interval],
+            micro_batch_size=micro_batch_size,
+            guidance_scale_range=None if guidance_scale_range is None else [float(v) for v in guidance_scale_range],
         )
         self._guidance_scale, self._guidance_rescale = 1.0, 0.0
         self._num_timesteps, self._interrupt = 0, False
@@ -104,6 +126,16 @@ class ClassConditionalDDPMPipeline(GuidedPipelineState, DiffusionPipeline):
     @property
     def null_class(self) -> int:
         return self.num_classes
+
+    @property
+    def guidance_embedded(self) -> bool:
+        """Whether the UNet takes the guidance scale as an input (a guidance-distilled student)."""
+        return getattr(self.unet.config, "time_cond_proj_dim", None) is not None
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        """Whether a guided step runs two branches: never for a guidance-embedded UNet (w is an input)."""
+        return not self.guidance_embedded and super().do_classifier_free_guidance
 
     def get_label_ids(self, label: LabelInput) -> list[int] | None:
         """Class ids for `label` (ints, names from `id2label`, a tensor, a list of these, or None)."""
@@ -127,8 +159,22 @@ class ClassConditionalDDPMPipeline(GuidedPipelineState, DiffusionPipeline):
         device, dtype = self._execution_device, self.unet.dtype
         return initial_noise(shape, generator, latents, device, dtype, self.scheduler.init_noise_sigma)
 
-    def _predict(self, sample: torch.Tensor, class_labels: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.unet(channels_last(sample), t, class_labels=class_labels).sample
+    def _predict(
+        self, sample: torch.Tensor, class_labels: torch.Tensor, t: torch.Tensor, scale: float | None = None
+    ) -> torch.Tensor:
+        """The UNet's output for `sample` (in micro-batches); `scale` is w for a guidance-embedded UNet."""
+        extra = unet_extra_inputs(self.unet)
+        w = None
+        if self.guidance_embedded:
+            w = guidance_scale_embedding(
+                torch.full((sample.shape[0],), float(scale), device=sample.device), self.unet.config.time_cond_proj_dim
+            ).to(self.unet.dtype)
+
+        def forward(x: torch.Tensor, labels: torch.Tensor, w_emb: torch.Tensor | None) -> torch.Tensor:
+            cond = {} if w_emb is None else {"timestep_cond": w_emb}
+            return self.unet(channels_last(x), t, class_labels=labels, **extra, **cond).sample
+
+        return micro_batched(forward, self.config.micro_batch_size, sample, class_labels, w)
 
     def _denoise(
         self,
@@ -150,8 +196,11 @@ class ClassConditionalDDPMPipeline(GuidedPipelineState, DiffusionPipeline):
             model_input = self.scheduler.scale_model_input(latents, t)
             inside = in_guidance_interval(t, num_train_timesteps, guidance_interval)
             scale = self._guidance_scale if inside else 1.0
-            model = functools.partial(self._predict, t=t)
-            pred, used = guided_prediction(model, model_input, cond, uncond, scale, self._guidance_rescale)
+            if self.guidance_embedded:  # one branch: w is an input of the UNet (scale 0 and 1 included)
+                pred, used = self._predict(model_input, cond, t, scale), len(cond)
+            else:
+                model = functools.partial(self._predict, t=t)
+                pred, used = guided_prediction(model, model_input, cond, uncond, scale, self._guidance_rescale)
             rows += used
             latents = self.scheduler.step(pred, t, latents, **step_kwargs).prev_sample
             latents = step_callback(self, callback, i, t, latents, tensor_inputs)
@@ -214,6 +263,11 @@ class ClassConditionalDDPMPipeline(GuidedPipelineState, DiffusionPipeline):
         interval = tuple(self.config.default_guidance_interval) if guidance_interval is None else guidance_interval
         class_ids = self.check_inputs(label, num_images, steps, generator)
         check_guidance_arguments(guidance_scale, guidance_rescale, interval)
+        if guidance_rescale and self.guidance_embedded:
+            raise ValueError("guidance_rescale must be 0 with a guidance-embedded UNet: it has no separate branches")
+        trained = self.config.get("guidance_scale_range")
+        if self.guidance_embedded and trained and not trained[0] <= guidance_scale <= trained[1]:
+            raise ValueError(f"guidance_scale must be in {trained} (this UNet was trained there), got {guidance_scale}")
         check_output_type(output_type)
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):  # diffusers' callback classes
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs

@@ -52,6 +52,22 @@ def in_guidance_interval(timestep: torch.Tensor | float, num_train_timesteps: in
     return lo <= frac <= hi
 
 
+def guidance_scale_embedding(guidance_scale: torch.Tensor, embedding_dim: int) -> torch.Tensor:
+    """The sinusoidal embedding of the CFG scale w that a guidance-distilled UNet takes as `timestep_cond` (Meng et al.
+    2023): the formula of diffusers' LCM pipelines (`get_guidance_scale_embedding`, w scaled by 1000), applied to w
+    itself: condiff's students are trained so that w = 0 is the unconditional and w = 1 the conditional prediction.
+
+    Written here because diffusers has it only as a method of its LCM pipelines, which this Hub-loadable file
+    cannot import. `guidance_scale`: shape (N,); returns (N, embedding_dim) float32.
+    """
+    w = guidance_scale.float() * 1000.0
+    half = embedding_dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=w.device) * -(math.log(10000.0) / (half - 1)))
+    angles = w[:, None] * freqs[None, :]
+    emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    return torch.nn.functional.pad(emb, (0, embedding_dim % 2))
+
+
 def concat_conditions(a: Condition, b: Condition) -> Condition:
     """Stack two conditions along the batch axis (tensors, dicts of tensors, or None)."""
     if a is None:
@@ -216,6 +232,21 @@ def predicted_original(
         return a * sample - b * prediction
     if prediction_type == "sample":
         return prediction
+    raise ValueError(f"prediction_type must be epsilon, v_prediction or sample, got {prediction_type!r}")
+
+
+def predicted_noise(
+    sample: torch.Tensor, prediction: torch.Tensor, alpha_prod_t: torch.Tensor | float, prediction_type: str
+) -> torch.Tensor:
+    """The noise eps of x_t = a x0 + b eps implied by the network's eps, v or x0 output (`predicted_original`'s
+    companion: together they give a DDIM step a' x0 + b' eps)."""
+    a, b = signal_and_noise_scales(alpha_prod_t, sample.device)
+    if prediction_type == "epsilon":
+        return prediction
+    if prediction_type == "v_prediction":
+        return a * prediction + b * sample
+    if prediction_type == "sample":
+        return (sample - a * prediction) / b
     raise ValueError(f"prediction_type must be epsilon, v_prediction or sample, got {prediction_type!r}")
 
 

@@ -54,6 +54,26 @@ def step_callback(pipe: Any, callback: Any, step: int, t: Any, latents: torch.Te
     return outputs.get("latents", latents)
 
 
+def unet_extra_inputs(unet: Any) -> dict[str, Any]:
+    """What a class-conditional UNet's forward needs beyond (sample, t, class_labels): a `UNet2DConditionModel`
+    without cross-attention still requires `encoder_hidden_states` (None)."""
+    return {"encoder_hidden_states": None} if "cross_attention_dim" in unet.config else {}
+
+
+def micro_batched(forward: Any, size: int | None, *rows: torch.Tensor | None) -> torch.Tensor:
+    """`forward(*rows)` run on consecutive slices of at most `size` rows (None: all at once), concatenated.
+
+    For networks whose rows are independent (condiff's UNets: GroupNorm normalises each image alone), the result
+    equals one big forward pass; smaller slices keep activations in cache, which is faster on CPUs at large batches
+    (benchmarks/micro_batching.py measures the size). Entries of `rows` that are None are passed as None.
+    """
+    n = next(r.shape[0] for r in rows if r is not None)
+    if size is None or n <= size:
+        return forward(*rows)
+    parts = [forward(*(None if r is None else r[i : i + size] for r in rows)) for i in range(0, n, size)]
+    return torch.cat(parts)
+
+
 class GuidedPipelineState:
     """The per-call state diffusers pipelines expose as properties (`guidance_scale`, `num_timesteps`, `interrupt`)
     and the class names of the config, shared by condiff's pipelines. The sampling loop reads the underscored

@@ -196,7 +196,8 @@ def test_compute_benchmark_end_to_end(tiny_mnist_dir, tmp_path):
 
 
 def test_benchmark_scripts_are_thin_wrappers_with_help():
-    for script in ("benchmarks/guidance_sweep.py", "benchmarks/sampler_speed.py", "benchmarks/compute_efficiency.py"):
+    scripts = ("guidance_sweep", "sampler_speed", "compute_efficiency", "distillation", "micro_batching")
+    for script in (f"benchmarks/{name}.py" for name in scripts):
         result = subprocess.run(
             [sys.executable, str(REPO / script), "--help"], capture_output=True, text=True, timeout=120
         )

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from condiff.pipelines.checks import unet_sample_size
+from condiff.pipelines.sampling import unet_extra_inputs
 from torch.utils.flop_counter import FlopCounterMode
 
 from condiff.evaluation.sampling import default_num_inference_steps, nfe_per_image, pipeline_device, synchronize
@@ -29,7 +30,7 @@ def unet_forward_flops(unet, batch_size: int = 1) -> int:
     multiply-add; norms and activations are not counted)."""
     x, t, labels = _example_inputs(unet, batch_size)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        unet(x, t, class_labels=labels)
+        unet(x, t, class_labels=labels, **unet_extra_inputs(unet))
     return int(counter.get_total_flops())
 
 
@@ -40,7 +41,7 @@ def training_flops_per_image(unet, batch_size: int = 8) -> float:
     was_training = unet.training
     unet.train()
     with FlopCounterMode(display=False) as counter:
-        unet(x, t, class_labels=labels).sample.float().square().mean().backward()
+        unet(x, t, class_labels=labels, **unet_extra_inputs(unet)).sample.float().square().mean().backward()
     unet.zero_grad(set_to_none=True)
     unet.train(was_training)
     return counter.get_total_flops() / batch_size

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from condiff.pipelines.checks import unet_sample_size
 from condiff.pipelines.guidance import cfg_combine
+from condiff.pipelines.sampling import unet_extra_inputs
 from diffusers import DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -44,10 +45,10 @@ def textbook_sample(
     x = randn_tensor(shape, generator=generator, device=device, dtype=unet.dtype)
     ddpm_scheduler.set_timesteps(ddpm_scheduler.config.num_train_timesteps, device=device)
     x = x * ddpm_scheduler.init_noise_sigma
-    forwards = 0
+    forwards, extra = 0, unet_extra_inputs(unet)
     for t in ddpm_scheduler.timesteps[:max_steps]:
-        pred_cond = unet(x, t, class_labels=cond).sample
-        pred_uncond = unet(x, t, class_labels=uncond).sample
+        pred_cond = unet(x, t, class_labels=cond, **extra).sample
+        pred_uncond = unet(x, t, class_labels=uncond, **extra).sample
         forwards += 2
         guided = cfg_combine(pred_uncond, pred_cond, guidance_scale)
         x = ddpm_scheduler.step(guided, t, x, generator=generator).prev_sample

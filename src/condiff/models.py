@@ -5,7 +5,7 @@ from __future__ import annotations
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.schedulers import SchedulerMixin
 
-from condiff.options import NOISE_SCHEDULES, PREDICTION_TYPES, SAMPLERS  # noqa: F401 (re-exported)
+from condiff.options import NOISE_SCHEDULES, PREDICTION_TYPES, SAMPLERS, UNET_ARCHITECTURES  # noqa: F401 (re-exported)
 
 
 def class_conditional_unet(
@@ -36,6 +36,40 @@ def class_conditional_unet(
         norm_num_groups=norm_num_groups,
         num_class_embeds=None if num_classes is None else num_classes + 1,
         resnet_time_scale_shift="scale_shift",
+    )
+
+
+def class_conditional_condition_unet(
+    num_classes: int | None,
+    sample_size: int = 28,
+    channels: int = 1,
+    block_out_channels: tuple[int, ...] = (32, 64, 64),
+    layers_per_block: int = 1,
+    norm_num_groups: int = 8,
+    guidance_embedding_dim: int | None = None,
+):
+    """The class-conditional UNet as a `UNet2DConditionModel` without cross-attention (no text): the same down/up
+    blocks and class embeddings as `class_conditional_unet`, a mid block of one ResNet. Its use is the
+    `time_cond_proj_dim` input (diffusers' convention for guidance-embedded, LCM-distilled UNets): a student made
+    with `guidance_embedding_dim` takes the CFG scale w as `timestep_cond` and shares every other weight with its
+    teacher (`guidance_embedded_student`).
+    """
+    from diffusers import UNet2DConditionModel
+
+    n = len(block_out_channels)
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=tuple(block_out_channels),
+        layers_per_block=layers_per_block,
+        down_block_types=("DownBlock2D",) * n,
+        up_block_types=("UpBlock2D",) * n,
+        mid_block_type="UNetMidBlock2D",
+        norm_num_groups=norm_num_groups,
+        num_class_embeds=None if num_classes is None else num_classes + 1,
+        resnet_time_scale_shift="scale_shift",
+        time_cond_proj_dim=guidance_embedding_dim,
     )
 
 

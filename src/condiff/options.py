@@ -2,6 +2,7 @@
 
 NOISE_SCHEDULES = ("squaredcos_cap_v2", "linear", "scaled_linear", "sigmoid")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+UNET_ARCHITECTURES = ("UNet2DModel", "UNet2DConditionModel")
 BAD_IMAGE_POLICIES = ("error", "skip")
 # Short sampler names -> diffusers scheduler classes (`condiff.models.scheduler_for` builds them).
 SAMPLERS = {
@@ -20,3 +21,7 @@ PIPELINE_CLASSES = {
     "latent": "LatentCFGPipeline",
 }
 PIPELINES = tuple(PIPELINE_CLASSES)
+
+# The UNet rows per forward pass that ran a 1,000-image request fastest on CPU (benchmarks/micro_batching.py:
+# 1.98x one batch of 2,000 rows at 32; 16 and 64 within 8%). Exported class-conditional pipelines start with it.
+MICRO_BATCH_SIZE = 32

@@ -11,4 +11,6 @@ TASKS = {
     "classifier": "condiff.tasks.noisy_classifier:NoiseAwareClassifierTask",
     "vae": "condiff.tasks.vae:VAETask",
     "latent_cfg": "condiff.tasks.latent_cfg:LatentCFGTask",
+    "guidance_distillation": "condiff.tasks.distillation:GuidanceDistillationTask",
+    "consistency_distillation": "condiff.tasks.distillation:ConsistencyDistillationTask",
 }

@@ -57,16 +57,23 @@ class CFGTask(ImageDataTask):
         from condiff.diffusion import denoising_loss, drop_labels
 
         labels = drop_labels(batch["labels"], self.data.num_classes, self.args.p_uncond, generator)
-        return denoising_loss(modules.unet, self.noise_scheduler, batch["images"], generator, class_labels=labels), {}
+        extra = {"encoder_hidden_states": None} if self.args.architecture == "UNet2DConditionModel" else {}
+        loss = denoising_loss(
+            modules.unet, self.noise_scheduler, batch["images"], generator, class_labels=labels, **extra
+        )
+        return loss, {}
 
     def pipeline(self, modules: Modules):
         """A `ClassConditionalDDPMPipeline` around the (averaged) UNet, with the default sampling scheduler."""
         from condiff.models import default_sampling_scheduler
+        from condiff.options import MICRO_BATCH_SIZE
         from condiff.pipelines import ClassConditionalDDPMPipeline
 
         scheduler = default_sampling_scheduler(self.noise_scheduler)
         id2label = dict(enumerate(self.data.label_names))
-        return ClassConditionalDDPMPipeline(unet=modules.unet, scheduler=scheduler, id2label=id2label)
+        return ClassConditionalDDPMPipeline(
+            unet=modules.unet, scheduler=scheduler, id2label=id2label, micro_batch_size=MICRO_BATCH_SIZE
+        )
 
     def sample_grid(self, modules: Modules, path: Path):
         """Every class x `--validation_images_per_class` with a fixed seed, as a grid (rows = classes)."""
@@ -101,6 +108,7 @@ class CFGTask(ImageDataTask):
             "guidance_scale": a.validation_guidance_scale,
             "inference_steps": a.validation_inference_steps,
             "num_parameters": f"{count_unet_parameters(folder) / 1e6:.2f}M",
+            "unet_class": a.architecture,
             "num_classes": self.data.num_classes,
             "prediction_type": a.prediction_type,
             "noise_schedule": a.noise_schedule,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from condiff.engine.args import require_int
-from condiff.options import NOISE_SCHEDULES, PREDICTION_TYPES
+from condiff.options import NOISE_SCHEDULES, PREDICTION_TYPES, UNET_ARCHITECTURES
 
 
 def add_denoiser_arguments(p: argparse.ArgumentParser) -> None:
@@ -15,6 +15,12 @@ def add_denoiser_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--layers_per_block", type=int, default=1)
     g.add_argument("--attention", action="store_true", help="add attention blocks at the lower resolutions")
     g.add_argument("--norm_num_groups", type=int, default=8)
+    g.add_argument(
+        "--architecture",
+        choices=UNET_ARCHITECTURES,
+        default="UNet2DModel",
+        help="UNet2DConditionModel (no cross-attention) is the one a guidance-distilled student can share (distill)",
+    )
     add_diffusion_arguments(p)
 
 
@@ -44,6 +50,8 @@ def check_denoiser_args(a: argparse.Namespace) -> None:
         require_int(name, getattr(a, name))
     check_diffusion_args(a)
     check_channels(a.block_out_channels, a.norm_num_groups)
+    if getattr(a, "architecture", "UNet2DModel") != "UNet2DModel" and a.attention:
+        raise ValueError("--attention is available only with --architecture UNet2DModel")
 
 
 def check_diffusion_args(a: argparse.Namespace) -> None:
@@ -53,9 +61,15 @@ def check_diffusion_args(a: argparse.Namespace) -> None:
 
 def build_denoiser(a: argparse.Namespace, channels: int, num_classes: int | None):
     """(UNet, training noise scheduler) for the flags; `num_classes=None` gives an unconditional UNet."""
-    from condiff.models import class_conditional_unet, training_scheduler
+    from condiff.models import class_conditional_condition_unet, class_conditional_unet, training_scheduler
 
     scheduler = training_scheduler(a.noise_schedule, a.prediction_type, a.num_train_timesteps)
+    if getattr(a, "architecture", "UNet2DModel") == "UNet2DConditionModel":
+        blocks = tuple(a.block_out_channels)
+        unet = class_conditional_condition_unet(
+            num_classes, a.resolution, channels, blocks, a.layers_per_block, a.norm_num_groups
+        )
+        return unet, scheduler
     unet = class_conditional_unet(
         num_classes,
         a.resolution,

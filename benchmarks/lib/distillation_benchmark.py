@@ -1,0 +1,209 @@
+"""Benchmark of issue 10, speed and quality against network evaluations per image: the textbook sampler, the teacher
+with DPM-Solver++ (its default path and plain CFG at fewer steps), the guidance-distilled student (one evaluation per
+step) and the consistency-distilled student (LCMScheduler), at 1, 2, 4, 8 and 14 evaluations per image, in one run.
+The headline is the fastest row that keeps accuracy >= 0.99 and a Frechet distance <= 2x the real floor (same N)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from condiff.argtypes import int_in
+from condiff.evaluation.cli_args import apply_quick, report_parser
+from condiff.evaluation.reports import machine_info, markdown_table, pyplot, report_main, save_figure
+from condiff.evaluation.sampling import can_evaluate, default_num_inference_steps, generate_samples, pipeline_device
+from condiff.evaluation.scoring import empty_metrics, metric_fields, score_samples, timing_fields
+from condiff.loading import load_pipeline
+from lib.sampler_benchmark import textbook_row
+
+NFE_CURVE = (1, 2, 4, 8, 14)
+TARGET_ACCURACY, TARGET_FD_RATIO = 0.99, 2.0
+
+COLUMNS = (
+    ("model", "model", ""),
+    ("sampler", "sampler", ""),
+    ("steps", "num_inference_steps", "d"),
+    ("NFE/img", "nfe_per_image", ".0f"),
+    ("img/s", "images_per_second", ".3g"),
+    ("x textbook", "speedup_vs_textbook", ".3g"),
+    ("x teacher default", "speedup_vs_default", ".3g"),
+    ("accuracy", "accuracy", ".3f"),
+    ("Frechet dist.", "frechet_distance", ".2f"),
+    ("FD / real floor (same N)", "fd_ratio_matched", ".2f"),
+)
+
+
+def teacher_configs(pipe, nfes) -> list[tuple[int, dict]]:
+    """(NFE, call arguments) of the teacher: the default path at its own NFE, and plain CFG (2 per step) at the
+    even NFEs below it; NFE 1 is one conditional step (w = 1: guidance needs two evaluations)."""
+    default_steps = default_num_inference_steps(pipe)
+    configs = []
+    for nfe in nfes:
+        if nfe == 1:
+            configs.append((1, {"num_inference_steps": 1, "guidance_scale": 1.0}))
+        elif nfe % 2 == 0 and nfe < 14:
+            configs.append((nfe, {"num_inference_steps": nfe // 2, "guidance_interval": (0.0, 1.0)}))
+    configs.append((None, {"num_inference_steps": default_steps}))  # the default path (NFE measured)
+    return configs
+
+
+def student_configs(nfes) -> list[tuple[int, dict]]:
+    """A guidance-embedded student: one evaluation per step, so steps = NFE."""
+    return [(nfe, {"num_inference_steps": nfe}) for nfe in nfes]
+
+
+def measure(pipe, model: str, call: dict, guidance_scale: float, args, classifier, evaluate: bool) -> dict[str, Any]:
+    kwargs = {"guidance_scale": guidance_scale} | call
+    samples = generate_samples(pipe, args.num_per_class, args.batch_size, args.seed, **kwargs)
+    row = {
+        "model": model,
+        "sampler": type(pipe.scheduler).__name__,
+        "num_inference_steps": call["num_inference_steps"],
+        "guidance_scale": kwargs["guidance_scale"],
+    } | timing_fields(samples)
+    row |= metric_fields(score_samples(samples, classifier)) if evaluate else empty_metrics()
+    print(
+        f"{model} {row['sampler']} {row['num_inference_steps']} steps: NFE {row['nfe_per_image']}, "
+        f"{row['images_per_second']:.3g} img/s, accuracy {row.get('accuracy')}, FD ratio {row.get('fd_ratio_matched')}",
+        flush=True,
+    )
+    return row
+
+
+SETTINGS = ("guidance_scale", "lcm_guidance_scale", "num_per_class", "batch_size", "nfe", "seed")
+MODELS = ("teacher", "guided", "lcm", "textbook_timed_steps")
+
+
+def run_distillation_benchmark(args, classifier=None) -> dict[str, Any]:
+    """All rows of the report, in one run (see the module docstring)."""
+    teacher = load_pipeline(args.teacher, device=args.device)
+    evaluate = can_evaluate(teacher, classifier)
+    scale = args.guidance_scale
+    textbook = textbook_row(teacher, scale, args.batch_size, args.batch_size, args.textbook_timed_steps, 0,
+                            args.seed, False, classifier, print)  # fmt: skip
+    textbook["model"] = "teacher, textbook sampler"
+    rows = [textbook]
+    for nfe, call in teacher_configs(teacher, args.nfe):
+        name = "teacher" if nfe else "teacher, default path"
+        rows.append(measure(teacher, name, call, scale, args, classifier, evaluate))
+    default = rows[-1]
+    students = (
+        ("guidance-distilled", args.guided, scale),
+        ("consistency-distilled", args.lcm, args.lcm_guidance_scale or scale),
+    )
+    for name, folder, student_scale in students:
+        if folder:
+            pipe = load_pipeline(folder, device=args.device)
+            for _, call in student_configs(args.nfe):
+                rows.append(measure(pipe, name, call, student_scale, args, classifier, evaluate))
+    for row in rows:
+        row["speedup_vs_textbook"] = row["images_per_second"] / textbook["images_per_second"]
+        row["speedup_vs_default"] = row["images_per_second"] / default["images_per_second"]
+    settings = {k: getattr(args, k) for k in SETTINGS + MODELS}
+    machine = machine_info(pipeline_device(teacher))
+    return {"settings": settings, "machine": machine, "rows": rows, "headline": headline(rows)}
+
+
+def headline(rows: list[dict]) -> dict[str, Any]:
+    """The fastest row meeting the quality targets, and its ratios."""
+    ok = [
+        r
+        for r in rows[1:]
+        if r.get("accuracy") is not None
+        and r["accuracy"] >= TARGET_ACCURACY
+        and r["fd_ratio_matched"] <= TARGET_FD_RATIO
+    ]
+    if not ok:
+        return {"fastest_meeting_targets": None}
+    best = max(ok, key=lambda r: r["images_per_second"])
+    return {
+        "fastest_meeting_targets": f"{best['model']}, {best['sampler']} {best['num_inference_steps']} steps",
+        "nfe_per_image": best["nfe_per_image"],
+        "speedup_vs_textbook": best["speedup_vs_textbook"],
+        "speedup_vs_default": best["speedup_vs_default"],
+        "accuracy": best["accuracy"],
+        "fd_ratio_matched": best["fd_ratio_matched"],
+    }
+
+
+def distillation_markdown(report: dict[str, Any]) -> str:
+    s, h, m = report["settings"], report["headline"], report["machine"]
+    if h.get("fastest_meeting_targets"):
+        head = (
+            f"**Fastest path with accuracy >= {TARGET_ACCURACY} and FD <= {TARGET_FD_RATIO}x the real floor: "
+            f"{h['fastest_meeting_targets']} ({h['nfe_per_image']:.0f} NFE/image): "
+            f"{h['speedup_vs_textbook']:.3g}x the textbook sampler, {h['speedup_vs_default']:.3g}x the teacher's "
+            f"default path** (accuracy {h['accuracy']:.3f}, FD / floor {h['fd_ratio_matched']:.2f})."
+        )
+    else:
+        head = "**No row met the quality targets.**"
+    textbook = report["rows"][0]
+    return "\n".join(
+        [
+            "# Distillation: speed and quality against network evaluations per image",
+            "",
+            f"Guidance scale {s['guidance_scale']} (consistency student: "
+            f"{s['lcm_guidance_scale'] or s['guidance_scale']}); {s['num_per_class']} images per class per row, "
+            f"batch {s['batch_size']}; {m['cpu_count']} CPUs, "
+            f"{m['torch_threads']} torch threads, device {m['device']}, 1-min load {m.get('load_average_1min')}.",
+            "",
+            head,
+            "",
+            f"Textbook sampler: {textbook['sampler']}, timed over its first {textbook['timed_steps']} steps at batch "
+            f"{textbook['batch_size']} and extrapolated (every step is the same work). Teacher rows: NFE 1 is one "
+            "conditional step (w = 1), even NFEs are plain CFG at NFE / 2 steps, 'default path' the shipped default.",
+            "",
+            markdown_table(report["rows"], COLUMNS),
+            "",
+        ]
+    )
+
+
+def plot_distillation(report: dict[str, Any], path: str | Path) -> Path:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    groups: dict[str, list[dict]] = {}
+    for row in report["rows"][1:]:
+        groups.setdefault(row["model"].split(",")[0], []).append(row)
+    for ax, key, label, target in (
+        (axes[0], "accuracy", "conditional accuracy", TARGET_ACCURACY),
+        (axes[1], "fd_ratio_matched", "Frechet distance / real floor (same N)", TARGET_FD_RATIO),
+    ):
+        for name, rows in groups.items():
+            pts = sorted((r["nfe_per_image"], r[key]) for r in rows if r.get(key) is not None)
+            if pts:
+                ax.plot(*zip(*pts), "o-", label=name)
+        ax.axhline(target, color="gray", ls="--", lw=1, label="target")
+        ax.set(xscale="log", xlabel="network evaluations per image", ylabel=label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def build_parser(default_out_dir: str | Path) -> argparse.ArgumentParser:
+    p = report_parser("Distillation benchmark (issue 10)", default_out_dir, "distillation")
+    p.set_defaults(batch_size=250)
+    p.add_argument("--teacher", default=None, help="teacher pipeline folder (default: the shipped CFG model)")
+    p.add_argument("--guided", default=None, help="guidance-distilled pipeline folder")
+    p.add_argument("--lcm", default=None, help="consistency-distilled pipeline folder")
+    p.add_argument("--guidance-scale", type=float, default=3.0)
+    p.add_argument("--lcm-guidance-scale", type=float, default=None, help="default: --guidance-scale")
+    p.add_argument("--nfe", type=int_in(1), nargs="+", default=list(NFE_CURVE))
+    p.add_argument("--num-per-class", type=int_in(1), default=100)
+    p.add_argument("--textbook-timed-steps", type=int_in(1), default=50)
+    return p
+
+
+def main(argv: list[str] | None = None, default_out_dir: str | Path = "benchmarks/results") -> int:
+    parser = build_parser(default_out_dir)
+    args = parser.parse_args(argv)
+    if args.quick:
+        apply_quick(args, {"num_per_class": 2, "nfe": [1, 2], "textbook_timed_steps": 2, "batch_size": 20}, parser)
+    args.teacher = args.model or args.teacher
+    return report_main(args, lambda: run_distillation_benchmark(args), distillation_markdown, plot_distillation)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Distillation of a class-conditional CFG teacher into students that sample faster.
+
+Consistency distillation (Latent Consistency Models, Luo et al. 2023, in pixel space): a guidance-embedded student
+f(x_t, t, y, w) learns to map any point of the teacher's guided probability-flow ODE to the same clean image, so that
+`LCMScheduler` samples in 1-8 steps. The target is the student itself (no gradient) one guided DDIM step of the
+teacher further along the ODE (Song & Dhariwal 2023 found a target without EMA works best, and it needs no state
+beyond the student's weights, so resume stays exact).
+
+Guidance distillation (Meng et al. 2023, stage 1): a student that takes the CFG scale w as an input matches the
+teacher's guided prediction uncond + w (cond - uncond), so that guided sampling costs one network evaluation per
+step instead of two. The student is the teacher's `UNet2DConditionModel` plus diffusers' `time_cond_proj_dim` input
+(a zero-initialised projection of `guidance_scale_embedding(w)`), so it starts as the teacher's conditional model.
+The CFG and embedding formulas live in `condiff.pipelines.guidance`; this module only assembles the training target.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from condiff.diffusion import drop_labels, noisy_batch
+from condiff.pipelines.guidance import cfg_combine, guidance_scale_embedding, predicted_noise, predicted_original
+from condiff.pipelines.sampling import unet_extra_inputs
+
+STUDENT_ONLY_WEIGHTS = {"time_embedding.cond_proj.weight"}
+
+
+def guidance_embedded_student(teacher, guidance_embedding_dim: int = 64):
+    """A copy of `teacher` (a `UNet2DConditionModel`) that also takes w: `time_cond_proj_dim` set, every shared
+    weight copied, the new projection zeroed, so the student's output equals the teacher's for any w at the start."""
+    from diffusers import UNet2DConditionModel
+
+    if not isinstance(teacher, UNet2DConditionModel):
+        raise ValueError(
+            f"the teacher's UNet must be a UNet2DConditionModel (train it with --architecture UNet2DConditionModel), "
+            f"got {type(teacher).__name__}"
+        )
+    if teacher.config.time_cond_proj_dim is not None:
+        raise ValueError("the teacher already takes a guidance embedding (time_cond_proj_dim is set)")
+    config = dict(teacher.config) | {"time_cond_proj_dim": guidance_embedding_dim}
+    student = UNet2DConditionModel.from_config(config)
+    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    if set(missing) != STUDENT_ONLY_WEIGHTS or unexpected:
+        raise RuntimeError(f"student and teacher differ beyond the guidance input: {missing}, {unexpected}")
+    torch.nn.init.zeros_(student.time_embedding.cond_proj.weight)
+    return student.to(device=teacher.device, dtype=teacher.dtype)
+
+
+def draw_guidance_scales(n: int, scale_range: tuple[float, float], generator, device) -> torch.Tensor:
+    """n guidance scales drawn uniformly from [lo, hi] with `generator`."""
+    lo, hi = scale_range
+    return lo + (hi - lo) * torch.rand(n, generator=generator, device=device)
+
+
+@torch.no_grad()
+def guided_teacher_prediction(
+    teacher, noisy: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor, null_class: int, w: torch.Tensor
+) -> torch.Tensor:
+    """The teacher's CFG prediction uncond + w (cond - uncond), per row, no grad: one 2N-row forward pass, or one
+    N-row pass of a guidance-embedded teacher (a guidance-distilled student), which takes w as an input."""
+    if teacher.config.get("time_cond_proj_dim") is not None:
+        return embedded_prediction(teacher, noisy, timesteps, labels, w).float()
+    both = teacher(
+        torch.cat([noisy, noisy]),
+        torch.cat([timesteps, timesteps]),
+        class_labels=torch.cat([labels, torch.full_like(labels, null_class)]),
+        **unet_extra_inputs(teacher),
+    ).sample
+    cond, uncond = both.float().chunk(2)
+    return cfg_combine(uncond, cond, w.float().view(-1, *([1] * (cond.ndim - 1))))
+
+
+def embedded_prediction(unet, noisy: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor, w: torch.Tensor):
+    """A guidance-embedded UNet's output at scales `w` (one per row)."""
+    w_emb = guidance_scale_embedding(w, unet.config.time_cond_proj_dim).to(noisy.dtype)
+    return unet(noisy, timesteps, encoder_hidden_states=None, class_labels=labels, timestep_cond=w_emb).sample
+
+
+def guidance_distillation_loss(
+    student,
+    teacher,
+    scheduler,
+    clean: torch.Tensor,
+    labels: torch.Tensor,
+    null_class: int,
+    scale_range: tuple[float, float],
+    p_uncond: float,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """|| student(x_t, t, y, w) - teacher_cfg(x_t, t, y, w) ||^2 on one batch, in the teacher's prediction space.
+
+    x_t and t as in `denoising_loss` (from `generator`, first), then w ~ U[scale_range] per row and labels dropped to
+    the null class with `p_uncond` (those rows learn the unconditional prediction, whatever w).
+    """
+    noisy, _, timesteps = noisy_batch(scheduler, clean, generator)
+    w = draw_guidance_scales(clean.shape[0], scale_range, generator, clean.device)
+    labels = drop_labels(labels, null_class, p_uncond, generator)
+    target = guided_teacher_prediction(teacher, noisy, timesteps, labels, null_class, w)
+    return F.mse_loss(embedded_prediction(student, noisy, timesteps, labels, w).float(), target)
+
+
+def skipping_timesteps(num_train_timesteps: int, num_ddim_timesteps: int, device=None) -> torch.Tensor:
+    """LCM's skipping schedule: k-1, 2k-1, ..., T-1 with k = T / N (`LCMScheduler`'s origin timesteps for
+    `original_inference_steps` = N)."""
+    k = num_train_timesteps // num_ddim_timesteps
+    return torch.arange(1, num_ddim_timesteps + 1, device=device) * k - 1
+
+
+def consistency_output(lcm_scheduler, sample: torch.Tensor, prediction: torch.Tensor, timesteps: torch.Tensor):
+    """f(x_t, t) = c_skip(t) x_t + c_out(t) x0_hat(x_t): the parameterisation `LCMScheduler.step` samples with
+    (its own boundary scalings; f = x_0 at t = 0)."""
+    c_skip, c_out = lcm_scheduler.get_scalings_for_boundary_condition_discrete(timesteps.float())
+    view = (-1, *([1] * (sample.ndim - 1)))
+    abar = lcm_scheduler.alphas_cumprod.to(sample.device)[timesteps].view(view)
+    x0 = predicted_original(sample, prediction.float(), abar, lcm_scheduler.config.prediction_type)
+    return c_skip.view(view) * sample + c_out.view(view) * x0
+
+
+@torch.no_grad()
+def guided_ddim_step(teacher, lcm_scheduler, noisy, start, prev, labels, null_class, w) -> torch.Tensor:
+    """x_prev: one DDIM step of the teacher's guided ODE from `start` to `prev` (the solver LCM distils)."""
+    view = (-1, *([1] * (noisy.ndim - 1)))
+    abar = lcm_scheduler.alphas_cumprod.to(noisy.device)
+    guided = guided_teacher_prediction(teacher, noisy, start, labels, null_class, w)
+    kind = lcm_scheduler.config.prediction_type
+    x0 = predicted_original(noisy, guided, abar[start].view(view), kind)
+    eps = predicted_noise(noisy, guided, abar[start].view(view), kind)
+    abar_prev = abar[prev].view(view)
+    return abar_prev.sqrt() * x0 + (1 - abar_prev).sqrt() * eps
+
+
+def consistency_distillation_loss(
+    student,
+    teacher,
+    lcm_scheduler,
+    clean: torch.Tensor,
+    labels: torch.Tensor,
+    null_class: int,
+    scale_range: tuple[float, float],
+    p_uncond: float,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """|| f_student(x_{t+k}, t+k) - sg f_student(x_t, t) ||^2 with x_t one guided teacher DDIM step from x_{t+k}
+    (t on `skipping_timesteps`; t = 0 at the first index, where f is the identity). Draws, from `generator`: the
+    index, the noise, w, then the label dropout."""
+    n = clean.shape[0]
+    cfg = lcm_scheduler.config
+    skips = skipping_timesteps(cfg.num_train_timesteps, cfg.original_inference_steps, clean.device)
+    index = torch.randint(0, len(skips), (n,), generator=generator, device=clean.device)
+    start = skips[index]
+    prev = (start - (cfg.num_train_timesteps // cfg.original_inference_steps)).clamp(min=0)
+    noise = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
+    noisy = lcm_scheduler.add_noise(clean, noise, start)
+    w = draw_guidance_scales(n, scale_range, generator, clean.device)
+    labels = drop_labels(labels, null_class, p_uncond, generator)
+    online = consistency_output(lcm_scheduler, noisy, embedded_prediction(student, noisy, start, labels, w), start)
+    x_prev = guided_ddim_step(teacher, lcm_scheduler, noisy, start, prev, labels, null_class, w)
+    with torch.no_grad():
+        target_pred = embedded_prediction(student, x_prev.to(noisy.dtype), prev, labels, w)
+        target = consistency_output(lcm_scheduler, x_prev, target_pred, prev)
+    return F.mse_loss(online.float(), target.float())

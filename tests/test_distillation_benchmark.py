@@ -1,0 +1,97 @@
+"""The issue-10 benchmarks on tiny 28 x 28 models (smoke runs of the real code paths): the distillation report's rows,
+NFE per image and ratios; the micro-batching report's identical images; `condiff generate` on a student folder."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from condiff.pipelines import ClassConditionalDDPMPipeline
+from diffusers import DDPMScheduler, LCMScheduler
+from PIL import Image
+
+from condiff.distillation import guidance_embedded_student
+from condiff.models import class_conditional_condition_unet, default_sampling_scheduler
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))  # what `python benchmarks/<script>.py` puts first on the path
+
+from lib.distillation_benchmark import main as distillation_main  # noqa: E402
+from lib.distillation_benchmark import teacher_configs  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_family(tmp_path_factory):
+    """Folders of a tiny 28 x 28 teacher, its guidance-distilled and its consistency student (random weights)."""
+    root = tmp_path_factory.mktemp("family")
+    torch.manual_seed(0)
+    teacher = class_conditional_condition_unet(10, 28, 1, (8, 16), 1, 4)
+    train = DDPMScheduler(num_train_timesteps=30, beta_schedule="squaredcos_cap_v2", clip_sample=True)
+    ClassConditionalDDPMPipeline(
+        unet=teacher, scheduler=default_sampling_scheduler(train), default_num_inference_steps=5,
+        default_guidance_interval=(0.3, 0.6),
+    ).save_pretrained(root / "teacher")  # fmt: skip
+    student = guidance_embedded_student(teacher, 16)
+    ClassConditionalDDPMPipeline(unet=student, scheduler=default_sampling_scheduler(train)).save_pretrained(
+        root / "guided"
+    )
+    lcm = LCMScheduler.from_config(train.config, original_inference_steps=10)
+    lcm_pipe = ClassConditionalDDPMPipeline(unet=student, scheduler=lcm, default_num_inference_steps=2)
+    lcm_pipe.save_pretrained(root / "lcm")
+    return root
+
+
+def test_teacher_configs_cover_the_curve_with_plain_cfg_and_the_default_path():
+    class Pipe:
+        config = type("C", (), {"default_num_inference_steps": 10})()
+
+    configs = teacher_configs(Pipe(), (1, 2, 4, 8, 14))
+    assert [n for n, _ in configs] == [1, 2, 4, 8, None]
+    assert configs[0][1] == {"num_inference_steps": 1, "guidance_scale": 1.0}
+    assert configs[2][1] == {"num_inference_steps": 2, "guidance_interval": (0.0, 1.0)}
+
+
+def test_distillation_benchmark_end_to_end(tiny_family, tmp_path):
+    out = tmp_path / "res"
+    argv = ["--teacher", str(tiny_family / "teacher"), "--guided", str(tiny_family / "guided"),
+            "--lcm", str(tiny_family / "lcm"), "--device", "cpu", "--out-dir", str(out), "--quick"]  # fmt: skip
+    assert distillation_main(argv) == 0
+    report = json.loads((out / "distillation.json").read_text())
+    rows = report["rows"]
+    assert [r["model"] for r in rows] == [
+        "teacher, textbook sampler", "teacher", "teacher", "teacher, default path",
+        "guidance-distilled", "guidance-distilled", "consistency-distilled", "consistency-distilled",
+    ]  # fmt: skip
+    assert [r["nfe_per_image"] for r in rows] == [60.0, 1.0, 2.0, 7.0, 1.0, 2.0, 1.0, 2.0]  # default: 5 steps, 2 guided
+    assert rows[6]["sampler"] == "LCMScheduler" and rows[4]["sampler"] == "DPMSolverMultistepScheduler"
+    assert rows[0]["speedup_vs_textbook"] == pytest.approx(1.0) and rows[3]["speedup_vs_default"] == pytest.approx(1.0)
+    for r in rows[1:]:
+        assert r["num_scored"] == 20 and 0 <= r["accuracy"] <= 1 and r["speedup_vs_textbook"] > 1
+    assert "fastest_meeting_targets" in report["headline"]  # random weights: None is the honest answer
+    assert "Textbook sampler" in (out / "distillation.md").read_text()
+    assert Image.open(out / "distillation.png").size[0] > 100
+
+
+def test_micro_batching_benchmark_reports_identical_images(tiny_family, tmp_path):
+    from condiff.evaluation.micro_batching import main as micro_main
+
+    out = tmp_path / "res"
+    argv = ["--model", str(tiny_family / "teacher"), "--device", "cpu", "--out-dir", str(out), "--quick"]
+    assert micro_main(argv) == 0
+    report = json.loads((out / "micro_batching.json").read_text())
+    assert [r["micro_batch_size"] for r in report["rows"]] == [None, 8, 16]
+    assert report["num_images"] == 40 and report["fastest"] in (None, 8, 16)
+    for r in report["rows"]:
+        assert r["max_abs_diff"] <= 1e-5 and r["nfe_per_image"] == 7 and r["images_per_second"] > 0
+    assert ClassConditionalDDPMPipeline.from_pretrained(tiny_family / "teacher").config.micro_batch_size is None
+
+
+def test_condiff_generate_runs_a_consistency_student_folder(tiny_family, tmp_path):
+    from condiff.cli import main
+
+    out = tmp_path / "g.png"
+    assert main(["generate", "--model", str(tiny_family / "lcm"), "--label", "3", "--out", str(out), "--quiet"]) == 0
+    assert Image.open(out).size[0] >= 28
