@@ -5,6 +5,8 @@ that samples with LCMScheduler, one network evaluation per step."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from condiff.pipelines import ClassConditionalDDPMPipeline
@@ -117,3 +119,31 @@ def test_consistency_distillation_refuses_a_student_init_without_guidance_input(
     with pytest.raises(ValueError, match="does not take the guidance scale as input"):
         run(["consistency_distillation", "--teacher", str(teacher_dir), "--student_init", str(teacher_dir),
              "--output_dir", str(tmp_path / "s"), "--resolution", "8", "--max_train_samples", "8"])  # fmt: skip
+
+
+def test_consistency_distillation_resumes_exactly_with_its_target_network(tmp_path):
+    """The target network (an EMA of the student, `Modules.tracked`) is checkpointed: a run resumed from step 2
+    ends with the same weights as one that ran 4 steps straight."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    teacher_dir = tmp_path / "teacher"
+    ClassConditionalDDPMPipeline(unet=tiny_teacher(), scheduler=lcm()).save_pretrained(teacher_dir)
+    argv = ["consistency_distillation", "--teacher", str(teacher_dir), "--resolution", "8",
+            "--max_train_steps", "4", "--checkpointing_steps", "2", "--max_train_samples", "32",
+            "--train_batch_size", "8", "--guidance_embedding_dim", "16", "--num_ddim_timesteps", "10",
+            "--default_num_inference_steps", "1", "--validation_images_per_class", "1", "--report_to", "none",
+            "--target_ema_decay", "0.5", "--learning_rate", "1e-3", "--lr_warmup_steps", "0"]  # fmt: skip
+    straight = run([*argv, "--output_dir", str(tmp_path / "a")])
+    target = load_file(str(straight / "checkpoint-2" / "tracked_target.safetensors"))
+    student = load_file(str(straight / "checkpoint-2" / "model.safetensors"))
+    assert target.keys() == student.keys() and any(not torch.equal(target[k], student[k]) for k in target)
+    shutil.copytree(straight, tmp_path / "b")
+    shutil.rmtree(tmp_path / "b" / "checkpoint-4")
+    resumed = run([*argv, "--output_dir", str(tmp_path / "b"), "--resume_from_checkpoint", "latest"])
+    summary = json.loads((resumed / "training_summary.json").read_text())
+    assert summary["resumed_from"] == "checkpoint-2" and summary["global_step"] == 4
+    for name in ("unet/diffusion_pytorch_model.safetensors", "checkpoint-4/tracked_target.safetensors"):
+        a, b = load_file(str(straight / name)), load_file(str(resumed / name))
+        assert all(torch.equal(a[k], b[k]) for k in a), name

@@ -13,7 +13,7 @@ import pytest
 import torch
 from _tiny import REPO, TINY, Spawned, env, max_abs_difference, tensors, wait_for
 
-from condiff.engine.checkpoints import MARKER, CheckpointError, complete_checkpoints
+from condiff.engine.checkpoints import MARKER, CheckpointError, complete_checkpoints, read_marker
 from condiff.engine.distributed import cpu_threads_for
 from condiff.engine.signals import TrainingInterrupted
 from condiff.engine.trainer import NonFiniteLossError
@@ -188,3 +188,16 @@ def test_train_entry_points_help_without_torch():
     forwarded = subprocess.run([sys.executable, "-m", "condiff", "train", "evaluator", "--help"], capture_output=True,
                                text=True, env=env())  # fmt: skip
     assert forwarded.returncode == 0 and "--no_augment" in forwarded.stdout and "(default: 128)" in forwarded.stdout
+
+
+def test_cpu_seconds_add_up_across_a_resume(tmp_path):
+    """The card's training cost: CPU time is stored in each checkpoint and added to the resumed run's own."""
+    out = fake(tmp_path / "run", "--max_train_steps", "4", "--checkpointing_steps", "2")
+    first = json.loads((out / "training_summary.json").read_text())
+    marker = read_marker(out / "checkpoint-4")
+    assert 0 < marker["cpu_seconds"] and first["cpu_seconds_total"] == first["cpu_seconds_this_run"] > 0
+    done = fake(out, "--max_train_steps", "6", "--resume_from_checkpoint", "latest")
+    summary = json.loads((done / "training_summary.json").read_text())
+    assert summary["resumed_from"] == "checkpoint-4"
+    expected = marker["cpu_seconds"] + summary["cpu_seconds_this_run"]
+    assert summary["cpu_seconds_total"] == pytest.approx(expected, abs=0.11)

@@ -223,6 +223,30 @@ def load_ema(path: str | Path, ema) -> None:
     ema.load_state_dict(state)
 
 
+def tracked_file(name: str) -> str:
+    return f"tracked_{name}.safetensors"
+
+
+def save_tracked(folder: Path, tracked: dict) -> None:
+    """A task's tracked modules (`Modules.tracked`) as safetensors, one file each."""
+    from safetensors.torch import save_file
+
+    for name, module in tracked.items():
+        state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        save_file(state, str(folder / tracked_file(name)))
+
+
+def load_tracked(folder: Path, tracked: dict) -> None:
+    """Restore the tracked modules saved by `save_tracked` (every key must match)."""
+    from safetensors.torch import load_file
+
+    for name, module in tracked.items():
+        path = folder / tracked_file(name)
+        if not path.is_file():
+            raise CheckpointError(f"{folder} has no {path.name}: it was not written by this task's version")
+        module.load_state_dict(load_file(str(path)), strict=True)
+
+
 def save_checkpoint(
     accelerator,
     output_dir: str | Path,
@@ -230,6 +254,7 @@ def save_checkpoint(
     ema=None,
     info: dict | None = None,
     total_limit: int | None = None,
+    tracked: dict | None = None,
 ) -> Path:
     """Write `checkpoint-<step>` crash-safely; every process must call this at the same step.
 
@@ -260,6 +285,8 @@ def save_checkpoint(
         accelerator.save_state(str(tmp))
         if main and ema is not None:
             save_ema(tmp / EMA_FILE, ema)
+        if main and tracked:
+            save_tracked(tmp, tracked)
 
     def complete() -> None:
         write_marker(tmp, {"step": step, "num_processes": accelerator.num_processes, **(info or {})})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 
 import numpy as np
 import torch
@@ -83,6 +84,13 @@ def parameter_checksums(accelerator: Accelerator, modules) -> list[float]:
     """Sum of all parameters of `modules` on every rank (gathered); data-parallel ranks must agree."""
     local = torch.stack([p.detach().double().sum() for m in modules for p in m.parameters()]).sum().reshape(1)
     return accelerator.gather(local.to(accelerator.device)).tolist()
+
+
+def process_cpu_seconds(accelerator: Accelerator) -> float:
+    """CPU time (user + system, all threads) of every training process since it started, summed over ranks
+    (DataLoader worker processes are not counted)."""
+    local = torch.tensor([time.process_time()], dtype=torch.float64, device=accelerator.device)
+    return float(accelerator.reduce(local, reduction="sum").item())
 
 
 def end_training(accelerator: Accelerator) -> None:

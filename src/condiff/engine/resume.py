@@ -6,7 +6,14 @@ from pathlib import Path
 
 from accelerate.logging import get_logger
 
-from condiff.engine.checkpoints import EMA_FILE, CheckpointError, load_ema, read_marker, resume_candidates
+from condiff.engine.checkpoints import (
+    EMA_FILE,
+    CheckpointError,
+    load_ema,
+    load_tracked,
+    read_marker,
+    resume_candidates,
+)
 from condiff.engine.distributed import all_ranks_agree
 
 logger = get_logger(__name__)
@@ -44,6 +51,8 @@ def load_checkpoint(trainer, path: Path) -> int:
     if info.get("task", trainer.task.name) != trainer.task.name:
         raise CheckpointError(f"{path} was written by the {info['task']!r} task, not {trainer.task.name!r}")
     acc.load_state(str(path))
+    trainer.cpu_seconds_before = float(info.get("cpu_seconds", 0.0))
+    load_tracked(path, trainer.modules.tracked)
     if ema is not None:
         if (path / EMA_FILE).is_file():
             load_ema(path / EMA_FILE, ema)

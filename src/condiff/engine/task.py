@@ -11,17 +11,23 @@ from typing import Any
 @dataclass
 class Modules:
     """A task's networks by name: `trained` ones are optimised, EMA-averaged and checkpointed; `frozen` ones are
-    moved to the device and used, never optimised, averaged or saved. `modules.unet` finds either kind."""
+    moved to the device and used, never optimised, averaged or saved; `tracked` ones are state the task updates
+    itself (`Task.after_update`, e.g. a consistency model's target network): moved to the device, saved in every
+    checkpoint (safetensors) and restored on resume, never optimised. `modules.unet` finds any kind."""
 
     trained: dict[str, Any]
     frozen: dict[str, Any] = field(default_factory=dict)
+    tracked: dict[str, Any] = field(default_factory=dict)
 
     def __getattr__(self, name: str) -> Any:
-        for group in ("trained", "frozen"):
+        for group in ("trained", "frozen", "tracked"):
             found = self.__dict__.get(group, {})
             if name in found:
                 return found[name]
-        raise AttributeError(f"no module named {name!r} (trained: {list(self.trained)}, frozen: {list(self.frozen)})")
+        raise AttributeError(
+            f"no module named {name!r} (trained: {list(self.trained)}, frozen: {list(self.frozen)}, "
+            f"tracked: {list(self.tracked)})"
+        )
 
 
 @dataclass
@@ -71,6 +77,9 @@ class Task:
     def loss(self, modules: Modules, batch: Any, generator) -> tuple[Any, dict[str, float]]:
         """The scalar loss tensor of one micro-batch and extra scalars to log; all noise from `generator`."""
         raise NotImplementedError
+
+    def after_update(self, modules: Modules) -> None:
+        """Called after every optimizer update (and the EMA step), e.g. to move a `tracked` target network."""
 
     def validate(self, modules: Modules, step: int, output_dir: Path) -> dict[str, Any]:
         """Validation on the averaged weights: scalars and PIL images to log (images also saved by the task)."""

@@ -33,6 +33,7 @@ from condiff.engine.distributed import (
     end_training,
     make_accelerator,
     parameter_checksums,
+    process_cpu_seconds,
 )
 from condiff.engine.ema import make_ema
 from condiff.engine.outputs import log_validation, push_outputs, save_outputs
@@ -56,6 +57,7 @@ class Trainer:
         self.global_step, self.skipped_updates, self.images_seen = 0, 0, 0
         self.last_saved: int | None = None
         self.logs: dict = {}
+        self.cpu_seconds_before = 0.0  # CPU time of the runs this one resumed (from the checkpoint's marker)
 
     def fit(self) -> Path:
         """Train; raises ValueError, NonFiniteLossError, CheckpointError, OutputWriteError or TrainingInterrupted."""
@@ -79,8 +81,9 @@ class Trainer:
             self._release()
             raise interrupted
         checksums = parameter_checksums(self.accelerator, self._unwrapped())
+        cpu_seconds = process_cpu_seconds(self.accelerator)
         if self.accelerator.is_main_process:
-            summary = self._summary(train_seconds, checksums, resumed_from)
+            summary = self._summary(train_seconds, checksums, resumed_from, cpu_seconds)
             save_outputs(self, summary)
         self._release()
         if self.args.push_to_hub and self.accelerator.is_main_process:
@@ -124,6 +127,8 @@ class Trainer:
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(acc.mixed_precision, torch.float32)
         for module in self.modules.frozen.values():
             module.requires_grad_(False).eval().to(acc.device, dtype=weight_dtype)
+        for module in self.modules.tracked.values():  # float32 like the trained weights they follow
+            module.requires_grad_(False).to(acc.device)
         if self.ema is not None:
             self.ema.to(acc.device)  # saved by engine.checkpoints (safetensors), not registered with Accelerate
         if acc.is_main_process and args.report_to != "none":
@@ -199,8 +204,10 @@ class Trainer:
                 f"step {self.global_step}: non-finite loss or gradient; update skipped", main_process_only=True
             )
             self.window_bad = False
-        elif self.ema is not None:
-            self.ema.step(self.trained_params)
+        else:
+            if self.ema is not None:
+                self.ema.step(self.trained_params)
+            self.task.after_update(self.modules)
         self.logs = {"loss": loss.detach().item(), **extra, "lr": self.lr_scheduler.get_last_lr()[0], "epoch": epoch}
         return True
 
@@ -249,9 +256,11 @@ class Trainer:
             "seed": self.args.seed,
             "skipped_nonfinite_steps": self.skipped_updates,
             "task": self.task.name,
+            "cpu_seconds": self.cpu_seconds_before + process_cpu_seconds(self.accelerator),
         }
         limit = self.args.checkpoints_total_limit
-        path = save_checkpoint(self.accelerator, self.output_dir, self.global_step, self.ema, info, limit)
+        tracked = self.modules.tracked
+        path = save_checkpoint(self.accelerator, self.output_dir, self.global_step, self.ema, info, limit, tracked)
         self.last_saved = self.global_step
         return path
 
@@ -263,15 +272,19 @@ class Trainer:
         copies = {name: copy.deepcopy(m).eval() for name, m in zip(self.modules.trained, self._unwrapped())}
         if self.ema is not None:
             self.ema.copy_to([p for m in copies.values() for p in m.parameters()])
-        return Modules(trained=copies, frozen=self.modules.frozen)
+        return Modules(trained=copies, frozen=self.modules.frozen, tracked=self.modules.tracked)
 
-    def _summary(self, train_seconds: float, checksums: list[float], resumed_from: Path | None) -> dict:
+    def _summary(
+        self, train_seconds: float, checksums: list[float], resumed_from: Path | None, cpu_seconds: float
+    ) -> dict:
         acc = self.accelerator
         return {
             "task": self.task.name,
             "global_step": self.global_step,
             "train_seconds_this_run": round(train_seconds, 4),
             "images_per_second": round(self.images_seen * acc.num_processes / max(train_seconds, 1e-9), 1),
+            "cpu_seconds_this_run": round(cpu_seconds, 1),
+            "cpu_seconds_total": round(self.cpu_seconds_before + cpu_seconds, 1),  # with the runs it resumed
             "num_processes": acc.num_processes,
             "torch_threads": torch.get_num_threads(),
             "rank_parameter_checksums": checksums,

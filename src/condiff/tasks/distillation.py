@@ -189,12 +189,14 @@ class ConsistencyDistillationTask(DistillationTask):
         g.add_argument("--num_ddim_timesteps", type=int, default=50, help="N of the teacher's DDIM skipping schedule")
         g.add_argument("--student_init", default=None, help="a guidance-distilled pipeline folder to start from")
         g.add_argument("--default_num_inference_steps", type=int, default=4, help="the exported pipeline's default")
+        g.add_argument("--target_ema_decay", type=float, default=0.95, help="EMA decay of the target network")
 
     def check_args(self) -> None:
         super().check_args()
         a = self.args
         require_int("num_ddim_timesteps", a.num_ddim_timesteps, 1, 1000)
         require_int("default_num_inference_steps", a.default_num_inference_steps, 1, a.num_ddim_timesteps)
+        require_real("target_ema_decay", a.target_ema_decay, 0.0, 1.0)
         if a.student_init is not None and not (Path(a.student_init) / "model_index.json").is_file():
             raise ValueError(f"--student_init {a.student_init!r} is not a saved pipeline folder (no model_index.json)")
 
@@ -208,7 +210,15 @@ class ConsistencyDistillationTask(DistillationTask):
             original_inference_steps=self.args.num_ddim_timesteps,
             clip_sample=bool(config.get("clip_sample", True)),
         )
+        import copy
+
+        modules.tracked["target"] = copy.deepcopy(modules.unet).requires_grad_(False)
         return modules
+
+    def after_update(self, modules: Modules) -> None:
+        from condiff.distillation import update_target
+
+        update_target(modules.target, modules.unet, self.args.target_ema_decay)
 
     def initial_student(self, teacher):
         if self.args.student_init is None:
@@ -247,5 +257,6 @@ class ConsistencyDistillationTask(DistillationTask):
             tuple(a.guidance_scale_range),
             a.p_uncond,
             generator,
+            target_net=modules.target,
         )
         return loss, {}
