@@ -223,3 +223,18 @@ def test_cfg_combine_with_per_row_scales_is_the_per_row_formula():
     torch.testing.assert_close(out[0], uncond[0])
     torch.testing.assert_close(out[1], cond[1])
     torch.testing.assert_close(out[2], uncond[2] + 2.5 * (cond[2] - uncond[2]))
+
+
+def test_cfg_task_trains_a_teacher_as_a_unet2dconditionmodel(tmp_path):
+    flags = ["--resolution", "8", "--block_out_channels", "8", "16", "--norm_num_groups", "4",
+             "--max_train_samples", "16", "--train_batch_size", "8", "--validation_images_per_class", "1",
+             "--validation_inference_steps", "2", "--report_to", "none"]  # fmt: skip
+    with pytest.raises(ValueError, match="--attention is available only with --architecture UNet2DModel"):
+        run(["cfg", "--output_dir", str(tmp_path / "x"), "--architecture", "UNet2DConditionModel", "--attention"])
+    out = run(["cfg", "--output_dir", str(tmp_path / "t"), "--architecture", "UNet2DConditionModel",
+               "--max_train_steps", "2", *flags])  # fmt: skip
+    pipe = ClassConditionalDDPMPipeline.from_pretrained(out)
+    assert isinstance(pipe.unet, UNet2DConditionModel) and not pipe.guidance_embedded
+    assert pipe.config.micro_batch_size == 32 and "`UNet2DConditionModel`" in (out / "README.md").read_text()
+    assert pipe(label=[1, 2], guidance_scale=3.0, num_inference_steps=2, output_type="pt").nfe_per_image == 4
+    assert guidance_embedded_student(pipe.unet, 8).config.time_cond_proj_dim == 8

@@ -72,7 +72,7 @@ def measure(pipe, model: str, call: dict, guidance_scale: float, args, classifie
     return row
 
 
-SETTINGS = ("guidance_scale", "lcm_guidance_scale", "num_per_class", "batch_size", "nfe", "seed")
+SETTINGS = ("guidance_scale", "lcm_guidance_scale", "num_per_class", "batch_size", "nfe", "seed", "textbook_batch_size")
 MODELS = ("teacher", "guided", "lcm", "textbook_timed_steps")
 
 
@@ -81,8 +81,10 @@ def run_distillation_benchmark(args, classifier=None) -> dict[str, Any]:
     teacher = load_pipeline(args.teacher, device=args.device)
     evaluate = can_evaluate(teacher, classifier)
     scale = args.guidance_scale
-    textbook = textbook_row(teacher, scale, args.batch_size, args.batch_size, args.textbook_timed_steps, 0,
-                            args.seed, False, classifier, print)  # fmt: skip
+    # The textbook sampler gets the batch the pipeline's UNet runs at (its micro-batch size): no batching effect.
+    tb_batch = args.textbook_batch_size or teacher.config.get("micro_batch_size") or args.batch_size
+    textbook = textbook_row(teacher, scale, tb_batch, tb_batch, args.textbook_timed_steps, 0, args.seed, False,
+                            classifier, print)  # fmt: skip
     textbook["model"] = "teacher, textbook sampler"
     rows = [textbook]
     for nfe, call in teacher_configs(teacher, args.nfe):
@@ -193,6 +195,7 @@ def build_parser(default_out_dir: str | Path) -> argparse.ArgumentParser:
     p.add_argument("--nfe", type=int_in(1), nargs="+", default=list(NFE_CURVE))
     p.add_argument("--num-per-class", type=int_in(1), default=100)
     p.add_argument("--textbook-timed-steps", type=int_in(1), default=50)
+    p.add_argument("--textbook-batch-size", type=int_in(1), default=None, help="default: the teacher's micro-batch")
     return p
 
 
