@@ -90,15 +90,19 @@ def guided_prediction(
     """Run `model(sample, condition)` with classifier-free guidance; return (prediction, network rows used).
 
     At scale 0 only the unconditional branch runs, at scale 1 only the conditional one; otherwise both run as
-    one batched forward pass of 2N rows.
+    one batched forward pass of 2N rows. `guidance_scale` may be a tensor of one scale per row (shape (N,), as in
+    guidance distillation): then both branches always run.
     """
     n = sample.shape[0]
-    if guidance_scale == 0:
+    per_row = isinstance(guidance_scale, torch.Tensor)
+    if not per_row and guidance_scale == 0:
         return model(sample, uncond), n
-    if guidance_scale == 1:
+    if not per_row and guidance_scale == 1:
         return model(sample, cond), n
     both = model(torch.cat([sample, sample]), concat_conditions(cond, uncond))
     pred_cond, pred_uncond = both.chunk(2)
+    if per_row:
+        guidance_scale = guidance_scale.to(pred_cond.dtype).view(-1, *([1] * (pred_cond.ndim - 1)))
     return cfg_combine(pred_uncond, pred_cond, guidance_scale, guidance_rescale), 2 * n
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from condiff.argtypes import int_in
 from condiff.evaluation.cli_args import apply_quick, report_parser
-from condiff.evaluation.reports import machine_info, markdown_table, pyplot, report_main, save_figure
+from condiff.evaluation.reports import describe_machine, machine_info, markdown_table, pyplot, report_main, save_figure
 from condiff.evaluation.sampling import can_evaluate, default_num_inference_steps, generate_samples, pipeline_device
 from condiff.evaluation.scoring import empty_metrics, metric_fields, score_samples, timing_fields
 from condiff.loading import load_pipeline
@@ -148,8 +148,7 @@ def distillation_markdown(report: dict[str, Any]) -> str:
             "",
             f"Guidance scale {s['guidance_scale']} (consistency student: "
             f"{s['lcm_guidance_scale'] or s['guidance_scale']}); {s['num_per_class']} images per class per row, "
-            f"batch {s['batch_size']}; {m['cpu_count']} CPUs, "
-            f"{m['torch_threads']} torch threads, device {m['device']}, 1-min load {m.get('load_average_1min')}.",
+            f"batch {s['batch_size']}; {describe_machine(m)}.",
             "",
             head,
             "",

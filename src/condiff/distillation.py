@@ -19,7 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from condiff.diffusion import drop_labels, noisy_batch
-from condiff.pipelines.guidance import cfg_combine, guidance_scale_embedding, predicted_noise, predicted_original
+from condiff.pipelines.guidance import (
+    guidance_scale_embedding,
+    guided_prediction,
+    predicted_noise,
+    predicted_original,
+)
 from condiff.pipelines.sampling import unet_extra_inputs
 
 STUDENT_ONLY_WEIGHTS = {"time_embedding.cond_proj.weight"}
@@ -60,14 +65,13 @@ def guided_teacher_prediction(
     N-row pass of a guidance-embedded teacher (a guidance-distilled student), which takes w as an input."""
     if teacher.config.get("time_cond_proj_dim") is not None:
         return embedded_prediction(teacher, noisy, timesteps, labels, w).float()
-    both = teacher(
-        torch.cat([noisy, noisy]),
-        torch.cat([timesteps, timesteps]),
-        class_labels=torch.cat([labels, torch.full_like(labels, null_class)]),
-        **unet_extra_inputs(teacher),
-    ).sample
-    cond, uncond = both.float().chunk(2)
-    return cfg_combine(uncond, cond, w.float().view(-1, *([1] * (cond.ndim - 1))))
+    extra = unet_extra_inputs(teacher)
+
+    def model(sample: torch.Tensor, condition: dict) -> torch.Tensor:
+        return teacher(sample, condition["t"], class_labels=condition["y"], **extra).sample.float()
+
+    cond, uncond = {"y": labels, "t": timesteps}, {"y": torch.full_like(labels, null_class), "t": timesteps}
+    return guided_prediction(model, noisy, cond, uncond, w.float())[0]
 
 
 def embedded_prediction(unet, noisy: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor, w: torch.Tensor):

@@ -13,7 +13,7 @@ import torch
 
 from condiff.argtypes import int_in
 from condiff.evaluation.cli_args import apply_quick, report_parser
-from condiff.evaluation.reports import machine_info, markdown_table, pyplot, report_main, save_figure
+from condiff.evaluation.reports import describe_machine, machine_info, markdown_table, pyplot, report_main, save_figure
 from condiff.evaluation.sampling import balanced_labels, default_num_inference_steps, pipeline_device, synchronize
 
 COLUMNS = (
@@ -84,8 +84,7 @@ def micro_batching_markdown(report: dict[str, Any]) -> str:
         "",
         f"One call of {report['num_images']} images (balanced classes, per-image generators), "
         f"{s['num_inference_steps']} steps, guidance scale {s['guidance_scale']}, the model's default interval; "
-        f"{m['cpu_count']} CPUs, {m['torch_threads']} torch threads, device {m['device']}, 1-min load "
-        f"{m.get('load_average_1min')}.",
+        f"{describe_machine(m)}.",
         "",
         f"**Fastest: micro_batch_size {report['fastest']}.**",
         "",

@@ -18,6 +18,7 @@ import torch
 __all__ = [
     "Log",
     "machine_info",
+    "describe_machine",
     "markdown_table",
     "nonfinite_notes",
     "pyplot",
@@ -52,6 +53,14 @@ def machine_info(device: str | torch.device = "cpu") -> dict[str, Any]:
         info["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
         info["tf32_cudnn"] = torch.backends.cudnn.allow_tf32
     return info
+
+
+def describe_machine(m: dict[str, Any]) -> str:
+    """`machine_info` in one phrase, for a report's settings line."""
+    return (
+        f"{m['cpu_count']} CPUs, {m['torch_threads']} torch threads, device {m['device']}, "
+        f"1-min load {m.get('load_average_1min')}"
+    )
 
 
 def _fmt(value: Any, spec: str) -> str:

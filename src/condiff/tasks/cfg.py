@@ -11,7 +11,7 @@ from pathlib import Path
 
 from condiff.engine.args import require_int, require_real
 from condiff.engine.task import Export, Modules
-from condiff.tasks.denoiser import add_denoiser_arguments, build_denoiser, check_denoiser_args, save_grid
+from condiff.tasks.denoiser import add_denoiser_arguments, build_denoiser, check_denoiser_args, class_grid
 from condiff.tasks.image_data import ImageDataTask
 
 
@@ -50,17 +50,18 @@ class CFGTask(ImageDataTask):
         return dataset
 
     def build(self) -> Modules:
+        from condiff.pipelines.sampling import unet_extra_inputs
+
         unet, self.noise_scheduler = build_denoiser(self.args, self.data.channels, self.data.num_classes)
+        self.unet_inputs = unet_extra_inputs(unet)  # read here: the engine may wrap the UNet (DDP) afterwards
         return Modules(trained={"unet": unet})
 
     def loss(self, modules: Modules, batch: dict, generator):
         from condiff.diffusion import denoising_loss, drop_labels
 
         labels = drop_labels(batch["labels"], self.data.num_classes, self.args.p_uncond, generator)
-        extra = {"encoder_hidden_states": None} if self.args.architecture == "UNet2DConditionModel" else {}
-        loss = denoising_loss(
-            modules.unet, self.noise_scheduler, batch["images"], generator, class_labels=labels, **extra
-        )
+        images, unet = batch["images"], modules.unet
+        loss = denoising_loss(unet, self.noise_scheduler, images, generator, class_labels=labels, **self.unet_inputs)
         return loss, {}
 
     def pipeline(self, modules: Modules):
@@ -77,19 +78,11 @@ class CFGTask(ImageDataTask):
 
     def sample_grid(self, modules: Modules, path: Path):
         """Every class x `--validation_images_per_class` with a fixed seed, as a grid (rows = classes)."""
-        import torch
-
-        a, n = self.args, self.data.num_classes
-        pipe = self.pipeline(modules)
-        pipe.set_progress_bar_config(disable=True)
-        labels = [c for c in range(n) for _ in range(a.validation_images_per_class)]
-        images = pipe(
-            label=labels,
-            guidance_scale=a.validation_guidance_scale,
-            num_inference_steps=a.validation_inference_steps,
-            generator=torch.Generator(device="cpu").manual_seed(0),
-        ).images
-        return save_grid(images, n, path)
+        a = self.args
+        return class_grid(
+            self.pipeline(modules), self.data.num_classes, a.validation_images_per_class,
+            a.validation_guidance_scale, a.validation_inference_steps, path,
+        )  # fmt: skip
 
     def validate(self, modules: Modules, step: int, output_dir: Path) -> dict:
         return {"validation": self.sample_grid(modules, Path(output_dir) / "samples" / f"step-{step:07d}.png")}

@@ -90,3 +90,18 @@ def save_grid(images: list, rows: int, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
     return grid
+
+
+def class_grid(pipe, num_classes: int, per_class: int, guidance_scale: float, steps: int | None, path):
+    """`per_class` images of every class from a class-conditional pipeline, seed 0, saved as a grid (rows =
+    classes): the validation and card grid of the tasks that export a `ClassConditionalDDPMPipeline`."""
+    import torch
+
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(
+        label=[c for c in range(num_classes) for _ in range(per_class)],
+        guidance_scale=guidance_scale,
+        num_inference_steps=steps,
+        generator=torch.Generator(device="cpu").manual_seed(0),
+    ).images
+    return save_grid(images, num_classes, path)

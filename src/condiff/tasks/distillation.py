@@ -16,7 +16,7 @@ from pathlib import Path
 
 from condiff.engine.args import require_int, require_real
 from condiff.engine.task import Export, Modules
-from condiff.tasks.denoiser import save_grid
+from condiff.tasks.denoiser import class_grid
 from condiff.tasks.image_data import ImageDataTask
 
 
@@ -108,24 +108,32 @@ class DistillationTask(ImageDataTask):
         )
 
     def sample_grid(self, modules: Modules, path: Path):
-        import torch
-
-        a, n = self.args, self.data.num_classes
-        pipe = self.pipeline(modules)
-        pipe.set_progress_bar_config(disable=True)
-        images = pipe(
-            label=[c for c in range(n) for _ in range(a.validation_images_per_class)],
-            guidance_scale=a.validation_guidance_scale,
-            num_inference_steps=a.validation_inference_steps,
-            generator=torch.Generator(device="cpu").manual_seed(0),
-        ).images
-        return save_grid(images, n, path)
+        a = self.args
+        return class_grid(
+            self.pipeline(modules), self.data.num_classes, a.validation_images_per_class,
+            a.validation_guidance_scale, a.validation_inference_steps, path,
+        )  # fmt: skip
 
     def validate(self, modules: Modules, step: int, output_dir: Path) -> dict:
         return {"validation": self.sample_grid(modules, Path(output_dir) / "samples" / f"step-{step:07d}.png")}
 
     def card_fields(self) -> dict:
         return {}
+
+    def loss(self, modules: Modules, batch: dict, generator):
+        """The subclass's `distillation_loss` on the shared inputs (student, teacher, data, w range, label dropout)."""
+        a = self.args
+        loss = self.distillation_loss(modules)(
+            modules.unet, modules.teacher, self.loss_scheduler(), batch["images"], batch["labels"],
+            self.data.num_classes, tuple(a.guidance_scale_range), a.p_uncond, generator,
+        )  # fmt: skip
+        return loss, {}
+
+    def loss_scheduler(self):
+        return self.noise_scheduler
+
+    def distillation_loss(self, modules: Modules):
+        raise NotImplementedError
 
     def export(self, modules: Modules, folder: Path) -> Export:
         from condiff.hub import count_unet_parameters, stage_pipeline_code
@@ -157,22 +165,10 @@ class GuidanceDistillationTask(DistillationTask):
     description = "Distil a CFG teacher into a student that takes the guidance scale as an input (one branch/step)."
     tags = ("guidance-distillation",)
 
-    def loss(self, modules: Modules, batch: dict, generator):
+    def distillation_loss(self, modules: Modules):
         from condiff.distillation import guidance_distillation_loss
 
-        a = self.args
-        loss = guidance_distillation_loss(
-            modules.unet,
-            modules.teacher,
-            self.noise_scheduler,
-            batch["images"],
-            batch["labels"],
-            self.data.num_classes,
-            tuple(a.guidance_scale_range),
-            a.p_uncond,
-            generator,
-        )
-        return loss, {}
+        return guidance_distillation_loss
 
 
 class ConsistencyDistillationTask(DistillationTask):
@@ -243,20 +239,12 @@ class ConsistencyDistillationTask(DistillationTask):
             "student_init": self.args.student_init or "the teacher",
         }
 
-    def loss(self, modules: Modules, batch: dict, generator):
+    def loss_scheduler(self):
+        return self.lcm_scheduler
+
+    def distillation_loss(self, modules: Modules):
+        import functools
+
         from condiff.distillation import consistency_distillation_loss
 
-        a = self.args
-        loss = consistency_distillation_loss(
-            modules.unet,
-            modules.teacher,
-            self.lcm_scheduler,
-            batch["images"],
-            batch["labels"],
-            self.data.num_classes,
-            tuple(a.guidance_scale_range),
-            a.p_uncond,
-            generator,
-            target_net=modules.target,
-        )
-        return loss, {}
+        return functools.partial(consistency_distillation_loss, target_net=modules.target)
