@@ -120,6 +120,13 @@ def consistency_output(lcm_scheduler, sample: torch.Tensor, prediction: torch.Te
     return c_skip.view(view) * sample + c_out.view(view) * x0
 
 
+def ddim_step(sample, prediction, abar_from, abar_to, prediction_type: str) -> torch.Tensor:
+    """One deterministic DDIM step a' x0_hat + b' eps_hat from noise level `abar_from` to `abar_to` (per row)."""
+    x0 = predicted_original(sample, prediction, abar_from, prediction_type)
+    eps = predicted_noise(sample, prediction, abar_from, prediction_type)
+    return abar_to.sqrt() * x0 + (1 - abar_to).sqrt() * eps
+
+
 @torch.no_grad()
 def guided_ddim_step(teacher, lcm_scheduler, noisy, start, prev, labels, null_class, w) -> torch.Tensor:
     """x_prev: one DDIM step of the teacher's guided ODE from `start` to `prev` (the solver LCM distils)."""
@@ -127,10 +134,7 @@ def guided_ddim_step(teacher, lcm_scheduler, noisy, start, prev, labels, null_cl
     abar = lcm_scheduler.alphas_cumprod.to(noisy.device)
     guided = guided_teacher_prediction(teacher, noisy, start, labels, null_class, w)
     kind = lcm_scheduler.config.prediction_type
-    x0 = predicted_original(noisy, guided, abar[start].view(view), kind)
-    eps = predicted_noise(noisy, guided, abar[start].view(view), kind)
-    abar_prev = abar[prev].view(view)
-    return abar_prev.sqrt() * x0 + (1 - abar_prev).sqrt() * eps
+    return ddim_step(noisy, guided, abar[start].view(view), abar[prev].view(view), kind)
 
 
 def consistency_distillation_loss(
@@ -173,3 +177,68 @@ def update_target(target_net, student, decay: float) -> None:
     """target <- decay * target + (1 - decay) * student, parameter by parameter."""
     for t, s in zip(target_net.parameters(), student.parameters(), strict=True):
         t.mul_(decay).add_(s.detach().to(t.dtype), alpha=1 - decay)
+
+
+def prediction_for_original(sample, original, alpha_prod_t, prediction_type: str) -> torch.Tensor:
+    """The eps, v or x0 output under which x_t = `sample` denoises to `original` (inverse of `predicted_original`)."""
+    a, b = alpha_prod_t.sqrt(), (1 - alpha_prod_t).sqrt()
+    if prediction_type == "epsilon":
+        return (sample - a * original) / b
+    if prediction_type == "v_prediction":
+        return (a * sample - original) / b
+    if prediction_type == "sample":
+        return original
+    raise ValueError(f"prediction_type must be epsilon, v_prediction or sample, got {prediction_type!r}")
+
+
+def student_step_timesteps(num_train_timesteps: int, student_steps: int, index: torch.Tensor):
+    """(t, t_mid, t_end) of the student's step number `index` (1..N, counted from the clean end) on DDIMScheduler's
+    "trailing" grid of N steps, t = index T/N - 1 and t_end = t - T/N (-1: the clean image); the teacher takes two
+    steps, through t_mid."""
+    stride = num_train_timesteps // student_steps
+    start = index * stride - 1
+    return start, start - stride // 2, start - stride
+
+
+@torch.no_grad()
+def two_teacher_steps_target(teacher, scheduler, noisy, timesteps, labels, null_class, w) -> torch.Tensor:
+    """Progressive distillation's target x0~ (Salimans & Ho 2022, eq. 8): the clean image from which one DDIM step
+    t -> t_end lands where two guided DDIM steps of the teacher (t -> t_mid -> t_end) land. `timesteps` is
+    (t, t_mid, t_end); t_end = -1 is the clean end (noise level 0, as DDIMScheduler's `set_alpha_to_one`)."""
+    view = (-1, *([1] * (noisy.ndim - 1)))
+    abar = torch.cat([torch.ones(1), scheduler.alphas_cumprod]).to(noisy.device)  # abar[t + 1], abar[0] = 1
+    kind = scheduler.config.prediction_type
+    (a_t, a_mid, a_end), sample = (abar[t + 1].view(view) for t in timesteps), noisy.float()
+    for step_from, a_from, a_to in ((timesteps[0], a_t, a_mid), (timesteps[1], a_mid, a_end)):
+        guided = guided_teacher_prediction(teacher, sample.to(noisy.dtype), step_from, labels, null_class, w)
+        sample = ddim_step(sample, guided, a_from, a_to, kind)
+    ratio = ((1 - a_end) / (1 - a_t)).sqrt()
+    return (sample - ratio * noisy.float()) / (a_end.sqrt() - ratio * a_t.sqrt())
+
+
+def progressive_distillation_loss(
+    student,
+    teacher,
+    scheduler,
+    clean: torch.Tensor,
+    labels: torch.Tensor,
+    null_class: int,
+    scale_range: tuple[float, float],
+    p_uncond: float,
+    generator: torch.Generator | None,
+    student_steps: int,
+) -> torch.Tensor:
+    """|| student(x_t, t, y, w) - target ||^2 in the prediction space (for v-prediction: Salimans & Ho's
+    "SNR + 1" weighting of the x0 error), target = the output that denoises x_t to `two_teacher_steps_target`.
+    Draws, from `generator`: the student step (1..N), the noise, w, then the label dropout."""
+    n = clean.shape[0]
+    index = torch.randint(1, student_steps + 1, (n,), generator=generator, device=clean.device)
+    timesteps = student_step_timesteps(scheduler.config.num_train_timesteps, student_steps, index)
+    noise = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
+    noisy = scheduler.add_noise(clean, noise, timesteps[0])
+    w = draw_guidance_scales(n, scale_range, generator, clean.device)
+    labels = drop_labels(labels, null_class, p_uncond, generator)
+    original = two_teacher_steps_target(teacher, scheduler, noisy, timesteps, labels, null_class, w)
+    abar_t = scheduler.alphas_cumprod.to(clean.device)[timesteps[0]].view(-1, *([1] * (clean.ndim - 1)))
+    target = prediction_for_original(noisy.float(), original, abar_t, scheduler.config.prediction_type)
+    return F.mse_loss(embedded_prediction(student, noisy, timesteps[0], labels, w).float(), target)

@@ -13,4 +13,5 @@ TASKS = {
     "latent_cfg": "condiff.tasks.latent_cfg:LatentCFGTask",
     "guidance_distillation": "condiff.tasks.distillation:GuidanceDistillationTask",
     "consistency_distillation": "condiff.tasks.distillation:ConsistencyDistillationTask",
+    "progressive_distillation": "condiff.tasks.distillation:ProgressiveDistillationTask",
 }

@@ -72,6 +72,10 @@ class DistillationTask(ImageDataTask):
             raise ValueError(
                 f"--teacher has {teacher.config.num_class_embeds - 1} classes, the data {self.data.num_classes}"
             )
+        trained = self.teacher_pipe.config.get("guidance_scale_range")
+        lo, hi = self.args.guidance_scale_range
+        if trained is not None and not trained[0] <= lo <= hi <= trained[1]:
+            raise ValueError(f"--guidance_scale_range {[lo, hi]} must lie in the teacher's trained range {trained}")
         return Modules(trained={"unet": self.initial_student(teacher)}, frozen={"teacher": teacher})
 
     def initial_student(self, teacher):
@@ -248,3 +252,53 @@ class ConsistencyDistillationTask(DistillationTask):
         from condiff.distillation import consistency_distillation_loss
 
         return functools.partial(consistency_distillation_loss, target_net=modules.target)
+
+
+class ProgressiveDistillationTask(DistillationTask):
+    """One stage of progressive distillation (Salimans & Ho 2022; with w as input, Meng et al. 2023 stage 2): the
+    student samples in N DDIM steps what the teacher samples in 2N. Chain stages by passing each stage's exported
+    folder as the next `--teacher` with half the `--student_steps`."""
+
+    name = "progressive_distillation"
+    description = "Halve a CFG teacher's DDIM steps: a guidance-embedded student whose one step matches two of it."
+    defaults = DistillationTask.defaults | {"guidance_scale_range": [1.0, 6.0]}
+    card_template = "progressive_distilled.md"
+    tags = ("progressive-distillation",)
+
+    @classmethod
+    def add_arguments(cls, p: argparse.ArgumentParser) -> None:
+        super().add_arguments(p)
+        g = p.add_argument_group("progressive distillation")
+        g.add_argument("--student_steps", type=int, default=8, help="N: the student's DDIM steps (teacher: 2N)")
+
+    def check_args(self) -> None:
+        super().check_args()
+        require_int("student_steps", self.args.student_steps, 1, 500)
+
+    def build(self) -> Modules:
+        modules = super().build()
+        steps, total = self.args.student_steps, self.noise_scheduler.config.num_train_timesteps
+        if total % steps:
+            divisors = [n for n in range(1, 501) if total % n == 0]
+            raise ValueError(f"--student_steps must divide the {total} training timesteps: one of {divisors}")
+        return modules
+
+    def sampling_scheduler(self):
+        from diffusers import DDIMScheduler
+
+        config = self.noise_scheduler.config
+        clip = bool(config.get("clip_sample", True))
+        return DDIMScheduler.from_config(config, timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=clip)
+
+    def pipeline_defaults(self) -> dict:
+        return {"default_num_inference_steps": self.args.student_steps, "default_guidance_interval": (0.0, 1.0)}
+
+    def card_fields(self) -> dict:
+        return {"student_steps": self.args.student_steps, "teacher_steps": 2 * self.args.student_steps}
+
+    def distillation_loss(self, modules: Modules):
+        import functools
+
+        from condiff.distillation import progressive_distillation_loss
+
+        return functools.partial(progressive_distillation_loss, student_steps=self.args.student_steps)
