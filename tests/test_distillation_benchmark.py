@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from condiff.pipelines import ClassConditionalDDPMPipeline
-from diffusers import DDPMScheduler, LCMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, LCMScheduler
 from PIL import Image
 
 from condiff.distillation import guidance_embedded_student
@@ -25,7 +25,8 @@ from lib.distillation_benchmark import teacher_configs  # noqa: E402
 
 @pytest.fixture(scope="module")
 def tiny_family(tmp_path_factory):
-    """Folders of a tiny 28 x 28 teacher, its guidance-distilled and its consistency student (random weights)."""
+    """Folders of a tiny 28 x 28 teacher, its guidance-distilled, consistency and progressive students (random
+    weights)."""
     root = tmp_path_factory.mktemp("family")
     torch.manual_seed(0)
     teacher = class_conditional_condition_unet(10, 28, 1, (8, 16), 1, 4)
@@ -41,6 +42,10 @@ def tiny_family(tmp_path_factory):
     lcm = LCMScheduler.from_config(train.config, original_inference_steps=10)
     lcm_pipe = ClassConditionalDDPMPipeline(unet=student, scheduler=lcm, default_num_inference_steps=2)
     lcm_pipe.save_pretrained(root / "lcm")
+    ddim = DDIMScheduler.from_config(train.config, timestep_spacing="trailing", set_alpha_to_one=True)
+    ClassConditionalDDPMPipeline(unet=student, scheduler=ddim, default_num_inference_steps=3).save_pretrained(
+        root / "pd3"
+    )
     return root
 
 
@@ -57,16 +62,20 @@ def test_teacher_configs_cover_the_curve_with_plain_cfg_and_the_default_path():
 def test_distillation_benchmark_end_to_end(tiny_family, tmp_path):
     out = tmp_path / "res"
     argv = ["--teacher", str(tiny_family / "teacher"), "--guided", str(tiny_family / "guided"),
-            "--lcm", str(tiny_family / "lcm"), "--device", "cpu", "--out-dir", str(out), "--quick"]  # fmt: skip
+            "--lcm", str(tiny_family / "lcm"), "--progressive", str(tiny_family / "pd3"), "--device", "cpu",
+            "--out-dir", str(out), "--quick"]  # fmt: skip
     assert distillation_main(argv) == 0
     report = json.loads((out / "distillation.json").read_text())
     rows = report["rows"]
     assert [r["model"] for r in rows] == [
         "teacher, textbook sampler", "teacher", "teacher", "teacher, default path",
         "guidance-distilled", "guidance-distilled", "consistency-distilled", "consistency-distilled",
+        "progressive-distilled",
     ]  # fmt: skip
-    assert [r["nfe_per_image"] for r in rows] == [60.0, 1.0, 2.0, 7.0, 1.0, 2.0, 1.0, 2.0]  # default: 5 steps, 2 guided
+    # teacher default: 5 steps, 2 guided; the progressive stage at its own 3 steps
+    assert [r["nfe_per_image"] for r in rows] == [60.0, 1.0, 2.0, 7.0, 1.0, 2.0, 1.0, 2.0, 3.0]
     assert rows[6]["sampler"] == "LCMScheduler" and rows[4]["sampler"] == "DPMSolverMultistepScheduler"
+    assert rows[8]["sampler"] == "DDIMScheduler"
     assert rows[0]["speedup_vs_textbook"] == pytest.approx(1.0) and rows[3]["speedup_vs_default"] == pytest.approx(1.0)
     for r in rows[1:]:
         assert r["num_scored"] == 20 and 0 <= r["accuracy"] <= 1 and r["speedup_vs_textbook"] > 1

@@ -1,6 +1,7 @@
 """Benchmark of issue 10, speed and quality against network evaluations per image: the textbook sampler, the teacher
 with DPM-Solver++ (its default path and plain CFG at fewer steps), the guidance-distilled student (one evaluation per
-step) and the consistency-distilled student (LCMScheduler), at 1, 2, 4, 8 and 14 evaluations per image, in one run.
+step) and the consistency-distilled student (LCMScheduler), at 1, 2, 4, 8 and 14 evaluations per image, and each
+progressive-distillation stage at its own step count, in one run.
 The headline is the fastest row that keeps accuracy >= 0.99 and a Frechet distance <= 2x the real floor (same N)."""
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def measure(pipe, model: str, call: dict, guidance_scale: float, args, classifie
 
 
 SETTINGS = ("guidance_scale", "lcm_guidance_scale", "num_per_class", "batch_size", "nfe", "seed", "textbook_batch_size")
-MODELS = ("teacher", "guided", "lcm", "textbook_timed_steps")
+MODELS = ("teacher", "guided", "lcm", "progressive", "textbook_timed_steps")
 
 
 def run_distillation_benchmark(args, classifier=None) -> dict[str, Any]:
@@ -100,6 +101,10 @@ def run_distillation_benchmark(args, classifier=None) -> dict[str, Any]:
             pipe = load_pipeline(folder, device=args.device)
             for _, call in student_configs(args.nfe):
                 rows.append(measure(pipe, name, call, student_scale, args, classifier, evaluate))
+    for folder in args.progressive or ():  # each stage at the step count it was distilled for
+        pipe = load_pipeline(folder, device=args.device)
+        call = {"num_inference_steps": default_num_inference_steps(pipe)}
+        rows.append(measure(pipe, "progressive-distilled", call, scale, args, classifier, evaluate))
     for row in rows:
         row["speedup_vs_textbook"] = row["images_per_second"] / textbook["images_per_second"]
         row["speedup_vs_default"] = row["images_per_second"] / default["images_per_second"]
@@ -189,6 +194,7 @@ def build_parser(default_out_dir: str | Path) -> argparse.ArgumentParser:
     p.add_argument("--teacher", default=None, help="teacher pipeline folder (default: the shipped CFG model)")
     p.add_argument("--guided", default=None, help="guidance-distilled pipeline folder")
     p.add_argument("--lcm", default=None, help="consistency-distilled pipeline folder")
+    p.add_argument("--progressive", nargs="+", default=None, help="progressive-distillation stage folders")
     p.add_argument("--guidance-scale", type=float, default=3.0)
     p.add_argument("--lcm-guidance-scale", type=float, default=None, help="default: --guidance-scale")
     p.add_argument("--nfe", type=int_in(1), nargs="+", default=list(NFE_CURVE))
