@@ -5,6 +5,10 @@ measured by sampler_speed.py. Used to choose the shipped default; results in ben
 
     python benchmarks/default_sampler_search.py 1 benchmarks/results/default_sampler_search_round1.json
     python benchmarks/default_sampler_search.py 2 benchmarks/results/default_sampler_search_round2.json
+    python benchmarks/default_sampler_search.py 3 benchmarks/results/default_sampler_search_round3.json MODEL_FOLDER
+
+Round 3 (issue 10's retrained teacher, passed as MODEL_FOLDER): DPM-Solver++ around the shipped default path,
+guidance intervals and scales at <= 14 network evaluations per image.
 """
 
 import json
@@ -21,9 +25,9 @@ KEYS = ("accuracy", "frechet_distance", "floor", "fd_ratio", "fd_ratio_matched",
 
 
 def main() -> None:
-    round_, out = sys.argv[1], sys.argv[2]
+    round_, out, model = sys.argv[1], sys.argv[2], (sys.argv[3] if len(sys.argv) > 3 else None)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    pipe = load_pipeline(device=device)
+    pipe = load_pipeline(model, device=device)
     base = pipe.scheduler.config
     rows = []
 
@@ -51,6 +55,12 @@ def main() -> None:
         for name in ("ddim", "unipc", "euler"):
             for steps in (10, 20):
                 ev(name, steps, 3.0)
+    elif round_ == "3":
+        for interval in ((0.3, 0.6), (0.2, 0.6), (0.3, 0.7), (0.4, 0.7), (0.2, 0.5)):
+            ev("dpm++2m", 10, 3.0, interval)
+        for scale in (2.0, 4.0):
+            ev("dpm++2m", 10, scale, (0.3, 0.6))
+        ev("dpm++2m", 12, 3.0, (0.3, 0.5))
     else:
         for interval in ((0.0, 0.6), (0.1, 0.6), (0.2, 0.6), (0.0, 0.5), (0.2, 0.5), (0.3, 0.6)):
             for steps in (10, 15):
