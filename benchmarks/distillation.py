@@ -3,7 +3,7 @@ the guidance-distilled and the consistency-distilled students at 1, 2, 4, 8 and 
 in one run: images/s and the ratios to the textbook sampler and to the teacher's default path, accuracy, Frechet
 distance; the headline is the fastest row with accuracy >= 0.99 and FD <= 2x the real floor.
 
-    python benchmarks/distillation.py --teacher <folder> --guided <folder> --lcm <folder>
+    python benchmarks/distillation.py --teacher <folder> --guided <folder> --lcm <folder> --progressive <stage folders>
     python benchmarks/distillation.py --quick --guided <folder> --lcm <folder>      # smoke run
 
 Writes benchmarks/results/distillation.{json,md,png}; the code is `lib/distillation_benchmark.py`.
