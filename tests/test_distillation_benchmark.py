@@ -36,9 +36,10 @@ def tiny_family(tmp_path_factory):
         default_guidance_interval=(0.3, 0.6),
     ).save_pretrained(root / "teacher")  # fmt: skip
     student = guidance_embedded_student(teacher, 16)
-    ClassConditionalDDPMPipeline(unet=student, scheduler=default_sampling_scheduler(train)).save_pretrained(
-        root / "guided"
-    )
+    ClassConditionalDDPMPipeline(  # the teacher's defaults, as the guidance-distillation task exports them
+        unet=student, scheduler=default_sampling_scheduler(train), default_num_inference_steps=5,
+        default_guidance_interval=(0.3, 0.6),
+    ).save_pretrained(root / "guided")  # fmt: skip
     lcm = LCMScheduler.from_config(train.config, original_inference_steps=10)
     lcm_pipe = ClassConditionalDDPMPipeline(unet=student, scheduler=lcm, default_num_inference_steps=2)
     lcm_pipe.save_pretrained(root / "lcm")
@@ -53,29 +54,32 @@ def test_teacher_configs_cover_the_curve_with_plain_cfg_and_the_default_path():
     class Pipe:
         config = type("C", (), {"default_num_inference_steps": 10})()
 
-    configs = teacher_configs(Pipe(), (1, 2, 4, 8, 14))
+    configs = teacher_configs(Pipe(), (1, 2, 4, 8, 14), 1.5)
     assert [n for n, _ in configs] == [1, 2, 4, 8, None]
     assert configs[0][1] == {"num_inference_steps": 1, "guidance_scale": 1.0}
-    assert configs[2][1] == {"num_inference_steps": 2, "guidance_interval": (0.0, 1.0)}
+    assert configs[2][1] == {"num_inference_steps": 2, "guidance_interval": (0.0, 1.0), "guidance_scale": 1.5}
+    assert configs[-1][1] == {"num_inference_steps": 10}  # the default path: the pipeline's interval, the main scale
 
 
 def test_distillation_benchmark_end_to_end(tiny_family, tmp_path):
     out = tmp_path / "res"
     argv = ["--teacher", str(tiny_family / "teacher"), "--guided", str(tiny_family / "guided"),
             "--lcm", str(tiny_family / "lcm"), "--progressive", str(tiny_family / "pd3"), "--device", "cpu",
-            "--out-dir", str(out), "--quick"]  # fmt: skip
+            "--out-dir", str(out), "--quick", "--few-step-guidance-scale", "1.5"]  # fmt: skip
     assert distillation_main(argv) == 0
     report = json.loads((out / "distillation.json").read_text())
     rows = report["rows"]
     assert [r["model"] for r in rows] == [
-        "teacher, textbook sampler", "teacher", "teacher", "teacher, default path",
+        "teacher, textbook sampler", "teacher", "teacher", "teacher, default path", "guidance-distilled, default path",
         "guidance-distilled", "guidance-distilled", "consistency-distilled", "consistency-distilled",
         "progressive-distilled",
     ]  # fmt: skip
-    # teacher default: 5 steps, 2 guided; the progressive stage at its own 3 steps
-    assert [r["nfe_per_image"] for r in rows] == [60.0, 1.0, 2.0, 7.0, 1.0, 2.0, 1.0, 2.0, 3.0]
-    assert rows[6]["sampler"] == "LCMScheduler" and rows[4]["sampler"] == "DPMSolverMultistepScheduler"
-    assert rows[8]["sampler"] == "DDIMScheduler"
+    # teacher default: 5 steps, 2 guided; the guided student's: 5 steps, one branch; the progressive stage: 3 steps
+    assert [r["nfe_per_image"] for r in rows] == [60.0, 1.0, 2.0, 7.0, 5.0, 1.0, 2.0, 1.0, 2.0, 3.0]
+    assert rows[7]["sampler"] == "LCMScheduler" and rows[5]["sampler"] == "DPMSolverMultistepScheduler"
+    assert rows[9]["sampler"] == "DDIMScheduler"
+    # rows guided at every step use the few-step scale; the default paths and the textbook sampler the main one
+    assert [r["guidance_scale"] for r in rows[1:]] == [1.0, 1.5, 3.0, 3.0, 1.5, 1.5, 1.5, 1.5, 1.5]
     assert rows[0]["speedup_vs_textbook"] == pytest.approx(1.0) and rows[3]["speedup_vs_default"] == pytest.approx(1.0)
     for r in rows[1:]:
         assert r["num_scored"] == 20 and 0 <= r["accuracy"] <= 1 and r["speedup_vs_textbook"] > 1

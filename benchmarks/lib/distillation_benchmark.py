@@ -36,23 +36,29 @@ COLUMNS = (
 )
 
 
-def teacher_configs(pipe, nfes) -> list[tuple[int, dict]]:
-    """(NFE, call arguments) of the teacher: the default path at its own NFE, and plain CFG (2 per step) at the
-    even NFEs below it; NFE 1 is one conditional step (w = 1: guidance needs two evaluations)."""
+def teacher_configs(pipe, nfes, every_step_scale: float) -> list[tuple[int, dict]]:
+    """(NFE, call arguments) of the teacher: the default path at its own NFE and scale, and plain CFG (2 per step,
+    guided at every step with `every_step_scale`) at the even NFEs below it; NFE 1 is one conditional step (w = 1:
+    guidance needs two evaluations)."""
     default_steps = default_num_inference_steps(pipe)
     configs = []
     for nfe in nfes:
         if nfe == 1:
             configs.append((1, {"num_inference_steps": 1, "guidance_scale": 1.0}))
         elif nfe % 2 == 0 and nfe < 14:
-            configs.append((nfe, {"num_inference_steps": nfe // 2, "guidance_interval": (0.0, 1.0)}))
+            configs.append((nfe, {"num_inference_steps": nfe // 2} | every_step(every_step_scale)))
     configs.append((None, {"num_inference_steps": default_steps}))  # the default path (NFE measured)
     return configs
 
 
-def student_configs(nfes) -> list[tuple[int, dict]]:
-    """A guidance-embedded student: one evaluation per step, so steps = NFE."""
-    return [(nfe, {"num_inference_steps": nfe}) for nfe in nfes]
+def every_step(scale: float) -> dict:
+    """Call arguments for guidance at every step (no interval) with `scale`."""
+    return {"guidance_interval": (0.0, 1.0), "guidance_scale": scale}
+
+
+def student_configs(nfes, every_step_scale: float) -> list[tuple[int, dict]]:
+    """A guidance-embedded student: one evaluation per step, so steps = NFE; guided at every step."""
+    return [(nfe, {"num_inference_steps": nfe} | every_step(every_step_scale)) for nfe in nfes]
 
 
 def measure(pipe, model: str, call: dict, guidance_scale: float, args, classifier, evaluate: bool) -> dict[str, Any]:
@@ -90,24 +96,24 @@ def run_distillation_benchmark(args, classifier=None) -> dict[str, Any]:
                             classifier, print)  # fmt: skip
     textbook["model"] = "teacher, textbook sampler"
     rows = [textbook]
-    for nfe, call in teacher_configs(teacher, args.nfe):
+    few_step_scale = args.few_step_guidance_scale or scale
+    for nfe, call in teacher_configs(teacher, args.nfe, few_step_scale):
         name = "teacher" if nfe else "teacher, default path"
         rows.append(measure(teacher, name, call, scale, args, classifier, evaluate))
     default = rows[-1]
-    students = (
-        ("guidance-distilled", args.guided, scale),
-        ("consistency-distilled", args.lcm, args.few_step_guidance_scale or scale),
-    )
-    for name, folder, student_scale in students:
+    if args.guided:  # its default path (the teacher's, one branch per step), then the curve
+        pipe = load_pipeline(args.guided, device=args.device)
+        call = {"num_inference_steps": default_num_inference_steps(pipe)}
+        rows.append(measure(pipe, "guidance-distilled, default path", call, scale, args, classifier, evaluate))
+    for name, folder in (("guidance-distilled", args.guided), ("consistency-distilled", args.lcm)):
         if folder:
             pipe = load_pipeline(folder, device=args.device)
-            for _, call in student_configs(args.nfe):
-                rows.append(measure(pipe, name, call, student_scale, args, classifier, evaluate))
+            for _, call in student_configs(args.nfe, few_step_scale):
+                rows.append(measure(pipe, name, call, scale, args, classifier, evaluate))
     for folder in args.progressive or ():  # each stage at the step count it was distilled for
         pipe = load_pipeline(folder, device=args.device)
-        call = {"num_inference_steps": default_num_inference_steps(pipe)}
-        few_step_scale = args.few_step_guidance_scale or scale
-        rows.append(measure(pipe, "progressive-distilled", call, few_step_scale, args, classifier, evaluate))
+        call = {"num_inference_steps": default_num_inference_steps(pipe)} | every_step(few_step_scale)
+        rows.append(measure(pipe, "progressive-distilled", call, scale, args, classifier, evaluate))
     for row in rows:
         row["speedup_vs_textbook"] = row["images_per_second"] / textbook["images_per_second"]
         row["speedup_vs_default"] = row["images_per_second"] / default["images_per_second"]
@@ -154,15 +160,16 @@ def distillation_markdown(report: dict[str, Any]) -> str:
         [
             "# Distillation: speed and quality against network evaluations per image",
             "",
-            f"Guidance scale {s['guidance_scale']} (consistency and progressive students, guided at every step: "
-            f"{s['few_step_guidance_scale'] or s['guidance_scale']}); {s['num_per_class']} images per class per row, "
-            f"batch {s['batch_size']}; {describe_machine(m)}.",
+            f"Guidance scale {s['guidance_scale']} on the default paths' guidance intervals; rows guided at every "
+            f"step (plain CFG, students' curves): {s['few_step_guidance_scale'] or s['guidance_scale']}; "
+            f"{s['num_per_class']} images per class per row, batch {s['batch_size']}; {describe_machine(m)}.",
             "",
             head,
             "",
             f"Textbook sampler: {textbook['sampler']}, timed over its first {textbook['timed_steps']} steps at batch "
             f"{textbook['batch_size']} and extrapolated (every step is the same work). Teacher rows: NFE 1 is one "
-            "conditional step (w = 1), even NFEs are plain CFG at NFE / 2 steps, 'default path' the shipped default.",
+            "conditional step (w = 1), even NFEs are plain CFG at NFE / 2 steps, 'default path' the pipeline's "
+            "default.",
             "",
             markdown_table(report["rows"], COLUMNS),
             "",
@@ -200,8 +207,8 @@ def build_parser(default_out_dir: str | Path) -> argparse.ArgumentParser:
     p.add_argument("--progressive", nargs="+", default=None, help="progressive-distillation stage folders")
     p.add_argument("--guidance-scale", type=float, default=3.0)
     p.add_argument(
-        "--few-step-guidance-scale", type=float, default=None, help="consistency and progressive students' scale "
-        "(guided at every step, so lower than the teacher's interval-guided one); default: --guidance-scale",
+        "--few-step-guidance-scale", type=float, default=None, help="scale of the rows guided at every step (plain "
+        "CFG and the students' curves; lower than the default paths' interval-guided one); default: --guidance-scale",
     )  # fmt: skip
     p.add_argument("--nfe", type=int_in(1), nargs="+", default=list(NFE_CURVE))
     p.add_argument("--num-per-class", type=int_in(1), default=100)
