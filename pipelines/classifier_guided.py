@@ -47,7 +47,7 @@ from .guidance import (
 from .labels import LabelInput, normalize_id2label, parse_labels
 from .locking import serialized_call
 from .outputs import CondiffPipelineOutput, to_output_type
-from .sampling import GuidedPipelineState, initial_noise, scheduler_step_kwargs, step_callback
+from .sampling import GuidedPipelineState, initial_noise, scheduler_step_kwargs, step_callback, unet_extra_inputs
 
 GUIDANCE_METHODS = ("mean_shift", "score")
 CLASSIFIER_FILE = "noise_aware_classifier.py"
@@ -226,7 +226,7 @@ class ClassifierGuidedPipeline(GuidedPipelineState, DiffusionPipeline):
 
     # ----------------------------------------------------------------------------------------------- the loop
     def _predict(self, sample: torch.Tensor, class_labels: torch.Tensor | None, t: torch.Tensor) -> torch.Tensor:
-        return self.unet(sample, t, class_labels=class_labels).sample
+        return self.unet(sample, t, class_labels=class_labels, **unet_extra_inputs(self.unet)).sample
 
     def _classify(self, sample: torch.Tensor, *timestep: Any) -> torch.Tensor:
         return self.classifier(sample.to(self.classifier.dtype), *timestep)

@@ -24,7 +24,7 @@ from diffusers import (
 
 from condiff.evaluator import MnistClassifier
 from condiff.hub import stage_pipeline_code
-from condiff.models import class_conditional_unet
+from condiff.models import class_conditional_condition_unet, class_conditional_unet
 
 T, K, STEPS = 50, 3, 5
 
@@ -195,8 +195,12 @@ def test_training_free_guidance_with_a_clean_classifier():
     assert torch.equal(sample(pipe, classifier_scale=0.0), sample(pipe, label=None, num_images_per_label=3))
 
 
-def test_classifier_guidance_combines_with_cfg_on_a_class_conditional_unet():
+@pytest.mark.parametrize("architecture", ["UNet2DModel", "UNet2DConditionModel"])
+def test_classifier_guidance_combines_with_cfg_on_a_class_conditional_unet(architecture):
     pipe = make_pipe(num_classes=K)
+    if architecture == "UNet2DConditionModel":  # the shipped CFG model's class (no cross-attention)
+        torch.manual_seed(0)
+        pipe.unet = class_conditional_condition_unet(K, 8, 1, (8, 16), 1, 4).eval()
     cfg = ClassConditionalDDPMPipeline(pipe.unet, pipe.scheduler)
     cfg.set_progress_bar_config(disable=True)
     cfg_only = cfg(label=[0, 1, 2], guidance_scale=2.0, num_inference_steps=STEPS, generator=gen(), output_type="pt")
