@@ -254,6 +254,20 @@ def predicted_noise(
     raise ValueError(f"prediction_type must be epsilon, v_prediction or sample, got {prediction_type!r}")
 
 
+def prediction_for_original(
+    sample: torch.Tensor, original: torch.Tensor, alpha_prod_t: torch.Tensor | float, prediction_type: str
+) -> torch.Tensor:
+    """The eps, v or x0 output under which x_t = `sample` denoises to `original` (`predicted_original` inverted)."""
+    a, b = signal_and_noise_scales(alpha_prod_t, sample.device)
+    if prediction_type == "epsilon":
+        return (sample - a * original) / b
+    if prediction_type == "v_prediction":
+        return (a * sample - original) / b
+    if prediction_type == "sample":
+        return original
+    raise ValueError(f"prediction_type must be epsilon, v_prediction or sample, got {prediction_type!r}")
+
+
 def denoised_log_prob_grad(
     predict: Callable[[torch.Tensor], torch.Tensor],
     classifier: Callable[[torch.Tensor], torch.Tensor],

@@ -8,14 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 from condiff.pipelines import ClassConditionalDDPMPipeline
-from condiff.pipelines.guidance import guidance_scale_embedding
+from condiff.pipelines.guidance import guidance_scale_embedding, prediction_for_original
 from diffusers import DDIMScheduler, DDPMScheduler
 from test_guidance_distillation import NUM_CLASSES, tiny_student, tiny_teacher
 
 from condiff.distillation import (
     draw_guidance_scales,
     guided_teacher_prediction,
-    prediction_for_original,
     progressive_distillation_loss,
     student_step_timesteps,
     two_teacher_steps_target,

@@ -24,6 +24,7 @@ from condiff.pipelines.guidance import (
     guided_prediction,
     predicted_noise,
     predicted_original,
+    prediction_for_original,
 )
 from condiff.pipelines.sampling import unet_extra_inputs
 
@@ -127,6 +128,14 @@ def ddim_step(sample, prediction, abar_from, abar_to, prediction_type: str) -> t
     return abar_to.sqrt() * x0 + (1 - abar_to).sqrt() * eps
 
 
+def noised_guided_batch(scheduler, clean, timesteps, labels, null_class, scale_range, p_uncond, generator):
+    """(x_t at `timesteps`, w ~ U[scale_range], labels with dropout), drawn from `generator` in that order."""
+    noise = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
+    noisy = scheduler.add_noise(clean, noise, timesteps)
+    w = draw_guidance_scales(clean.shape[0], scale_range, generator, clean.device)
+    return noisy, w, drop_labels(labels, null_class, p_uncond, generator)
+
+
 @torch.no_grad()
 def guided_ddim_step(teacher, lcm_scheduler, noisy, start, prev, labels, null_class, w) -> torch.Tensor:
     """x_prev: one DDIM step of the teacher's guided ODE from `start` to `prev` (the solver LCM distils)."""
@@ -159,10 +168,8 @@ def consistency_distillation_loss(
     index = torch.randint(0, len(skips), (n,), generator=generator, device=clean.device)
     start = skips[index]
     prev = (start - (cfg.num_train_timesteps // cfg.original_inference_steps)).clamp(min=0)
-    noise = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
-    noisy = lcm_scheduler.add_noise(clean, noise, start)
-    w = draw_guidance_scales(n, scale_range, generator, clean.device)
-    labels = drop_labels(labels, null_class, p_uncond, generator)
+    batch = noised_guided_batch(lcm_scheduler, clean, start, labels, null_class, scale_range, p_uncond, generator)
+    noisy, w, labels = batch
     online = consistency_output(lcm_scheduler, noisy, embedded_prediction(student, noisy, start, labels, w), start)
     x_prev = guided_ddim_step(teacher, lcm_scheduler, noisy, start, prev, labels, null_class, w)
     with torch.no_grad():
@@ -177,18 +184,6 @@ def update_target(target_net, student, decay: float) -> None:
     """target <- decay * target + (1 - decay) * student, parameter by parameter."""
     for t, s in zip(target_net.parameters(), student.parameters(), strict=True):
         t.mul_(decay).add_(s.detach().to(t.dtype), alpha=1 - decay)
-
-
-def prediction_for_original(sample, original, alpha_prod_t, prediction_type: str) -> torch.Tensor:
-    """The eps, v or x0 output under which x_t = `sample` denoises to `original` (inverse of `predicted_original`)."""
-    a, b = alpha_prod_t.sqrt(), (1 - alpha_prod_t).sqrt()
-    if prediction_type == "epsilon":
-        return (sample - a * original) / b
-    if prediction_type == "v_prediction":
-        return (a * sample - original) / b
-    if prediction_type == "sample":
-        return original
-    raise ValueError(f"prediction_type must be epsilon, v_prediction or sample, got {prediction_type!r}")
 
 
 def student_step_timesteps(num_train_timesteps: int, student_steps: int, index: torch.Tensor):
@@ -234,10 +229,8 @@ def progressive_distillation_loss(
     n = clean.shape[0]
     index = torch.randint(1, student_steps + 1, (n,), generator=generator, device=clean.device)
     timesteps = student_step_timesteps(scheduler.config.num_train_timesteps, student_steps, index)
-    noise = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
-    noisy = scheduler.add_noise(clean, noise, timesteps[0])
-    w = draw_guidance_scales(n, scale_range, generator, clean.device)
-    labels = drop_labels(labels, null_class, p_uncond, generator)
+    batch = noised_guided_batch(scheduler, clean, timesteps[0], labels, null_class, scale_range, p_uncond, generator)
+    noisy, w, labels = batch
     original = two_teacher_steps_target(teacher, scheduler, noisy, timesteps, labels, null_class, w)
     abar_t = scheduler.alphas_cumprod.to(clean.device)[timesteps[0]].view(-1, *([1] * (clean.ndim - 1)))
     target = prediction_for_original(noisy.float(), original, abar_t, scheduler.config.prediction_type)

@@ -65,6 +65,16 @@ class DistillationTask(ImageDataTask):
         require_real("validation_guidance_scale", a.validation_guidance_scale, lo, hi)
         require_int("validation_images_per_class", a.validation_images_per_class, 1, 64)
         require_int("validation_inference_steps", a.validation_inference_steps, 1, 1000, allow_none=True)
+        trained = self.teacher_config().get("guidance_scale_range")
+        if trained is not None and not trained[0] <= lo <= hi <= trained[1]:
+            raise ValueError(f"--guidance_scale_range {[lo, hi]} must lie in the teacher's trained range {trained}")
+
+    def teacher_config(self, scheduler: bool = False) -> dict:
+        """The teacher folder's model_index.json (or its scheduler's config), read without loading any weights."""
+        import json
+
+        name = "scheduler/scheduler_config.json" if scheduler else "model_index.json"
+        return json.loads((Path(self.args.teacher) / name).read_text())
 
     def build(self) -> Modules:
         self.teacher_pipe, teacher, self.noise_scheduler = load_teacher(self.args.teacher)
@@ -72,10 +82,6 @@ class DistillationTask(ImageDataTask):
             raise ValueError(
                 f"--teacher has {teacher.config.num_class_embeds - 1} classes, the data {self.data.num_classes}"
             )
-        trained = self.teacher_pipe.config.get("guidance_scale_range")
-        lo, hi = self.args.guidance_scale_range
-        if trained is not None and not trained[0] <= lo <= hi <= trained[1]:
-            raise ValueError(f"--guidance_scale_range {[lo, hi]} must lie in the teacher's trained range {trained}")
         return Modules(trained={"unet": self.initial_student(teacher)}, frozen={"teacher": teacher})
 
     def initial_student(self, teacher):
@@ -273,15 +279,11 @@ class ProgressiveDistillationTask(DistillationTask):
 
     def check_args(self) -> None:
         super().check_args()
-        require_int("student_steps", self.args.student_steps, 1, 500)
-
-    def build(self) -> Modules:
-        modules = super().build()
-        steps, total = self.args.student_steps, self.noise_scheduler.config.num_train_timesteps
-        if total % steps:
-            divisors = [n for n in range(1, 501) if total % n == 0]
+        steps, total = self.args.student_steps, self.teacher_config(scheduler=True)["num_train_timesteps"]
+        require_int("student_steps", steps, 1, total)
+        if total % steps:  # DDIM's "trailing" grid steps by total // steps: it must land on the teacher's grid
+            divisors = [n for n in range(1, total + 1) if total % n == 0]
             raise ValueError(f"--student_steps must divide the {total} training timesteps: one of {divisors}")
-        return modules
 
     def sampling_scheduler(self):
         from diffusers import DDIMScheduler
