@@ -172,6 +172,34 @@ def test_embedded_pipeline_saves_and_loads_with_its_guidance_input(tmp_path):
     torch.testing.assert_close(loaded(generator=torch.Generator().manual_seed(1), **kwargs).images, ref)
 
 
+def test_a_call_without_a_scale_uses_the_models_default_guidance_scale(tmp_path):
+    pipe = embedded_pipeline(guidance_scale_range=(1.0, 3.0), default_guidance_scale=1.5)
+    pipe.save_pretrained(tmp_path / "p", safe_serialization=True)
+    loaded = ClassConditionalDDPMPipeline.from_pretrained(tmp_path / "p")
+    seen = count_unet_rows(loaded)
+    kwargs = dict(label=[3, 8], num_inference_steps=2, output_type="pt")
+    default = loaded(generator=torch.Generator().manual_seed(1), **kwargs).images
+    assert loaded.guidance_scale == 1.5 and torch.equal(seen[0][1], guidance_scale_embedding(torch.full((2,), 1.5), 16))
+    explicit = loaded(guidance_scale=1.5, generator=torch.Generator().manual_seed(1), **kwargs).images
+    other = loaded(guidance_scale=3.0, generator=torch.Generator().manual_seed(1), **kwargs).images
+    assert torch.equal(default, explicit) and not torch.equal(default, other)
+    assert (
+        ClassConditionalDDPMPipeline(unet=tiny_teacher(), scheduler=loaded.scheduler).config.default_guidance_scale == 3
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(default_guidance_scale=-1.0), "default_guidance_scale must be a finite number >= 0, got -1.0"),
+        (dict(default_guidance_scale=4.0, guidance_scale_range=(1.0, 3.0)), r"must lie in guidance_scale_range \[1"),
+    ],
+)
+def test_a_bad_default_guidance_scale_is_refused_naming_it(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        embedded_pipeline(**kwargs)
+
+
 @pytest.mark.parametrize("embedded", [False, True])
 def test_micro_batched_sampling_equals_one_batch_sampling(embedded):
     if embedded:

@@ -88,12 +88,15 @@ def stage(tmp_path, teacher_dir, name: str, steps: int, *extra: str):
 def test_progressive_stages_export_trailing_ddim_pipelines_and_chain(tmp_path):
     teacher_dir = tmp_path / "teacher"
     ClassConditionalDDPMPipeline(unet=tiny_teacher(), scheduler=ddim()).save_pretrained(teacher_dir)
-    first = stage(tmp_path, teacher_dir, "pd4", 4, "--guidance_scale_range", "1", "5")
+    first = stage(
+        tmp_path, teacher_dir, "pd4", 4, "--guidance_scale_range", "1", "5", "--validation_guidance_scale", "2"
+    )
     second = stage(tmp_path, first, "pd2", 2, "--guidance_scale_range", "2", "4")
     for folder, steps, scale_range in ((first, 4, [1.0, 5.0]), (second, 2, [2.0, 4.0])):
         pipe = ClassConditionalDDPMPipeline.from_pretrained(folder)
         assert isinstance(pipe.scheduler, DDIMScheduler) and pipe.scheduler.config.timestep_spacing == "trailing"
         assert pipe.guidance_embedded and pipe.config.guidance_scale_range == scale_range
+        assert pipe.config.default_guidance_scale == (2.0 if steps == 4 else 3.0)  # --validation_guidance_scale
         out = pipe(label=[3, 7], guidance_scale=3.0, output_type="pt")
         assert out.nfe_per_image == steps and torch.isfinite(out.images).all()
         card = (folder / "README.md").read_text()
@@ -112,3 +115,21 @@ def test_progressive_distillation_refuses_bad_steps_and_ranges_before_training(t
     with pytest.raises(ValueError, match=r"--guidance_scale_range \[1.0, 6.0\] must lie in the teacher's trained"):
         stage(tmp_path, embedded, "wide", 4)
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").glob("checkpoint-*"))
+
+
+def test_a_stage_starts_from_student_init_when_given(tmp_path):
+    """`--student_init` (e.g. a guidance-distilled student) is the stage's starting UNet: after one step at a
+    vanishing learning rate the exported student is that UNet, not the teacher plus a guidance input."""
+    from safetensors.torch import load_file
+
+    teacher_dir, init_dir = tmp_path / "teacher", tmp_path / "init"
+    ClassConditionalDDPMPipeline(unet=tiny_teacher(), scheduler=ddim()).save_pretrained(teacher_dir)
+    init = tiny_student(seed=1)
+    ClassConditionalDDPMPipeline(unet=init, scheduler=ddim(), guidance_scale_range=(1.0, 6.0)).save_pretrained(init_dir)
+    out = stage(tmp_path, teacher_dir, "pd", 4, "--student_init", str(init_dir), "--learning_rate", "1e-12",
+                "--max_train_steps", "1", "--no-use_ema")  # fmt: skip
+    exported = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+    for name, value in init.state_dict().items():
+        torch.testing.assert_close(exported[name], value, atol=1e-6, rtol=0)
+    teacher_weights = tiny_teacher().state_dict()
+    assert any(not torch.equal(exported[k], v) for k, v in teacher_weights.items() if k in exported)

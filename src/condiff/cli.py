@@ -127,7 +127,7 @@ def guidance_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         given = [flag for flag, value in CG_ONLY.items() if getattr(args, value) is not None]
         if given:
             raise ValueError(f"{given[0]} needs --pipeline classifier-guided")
-        return {"guidance_scale": 3.0 if args.guidance_scale is None else args.guidance_scale}
+        return {} if args.guidance_scale is None else {"guidance_scale": args.guidance_scale}
     kwargs = {"guidance_scale": args.guidance_scale, "guidance_method": args.guidance_method}
     return kwargs | ({} if args.classifier_scale is None else {"classifier_scale": args.classifier_scale})
 
@@ -267,8 +267,8 @@ def add_model_arguments(s: argparse.ArgumentParser) -> None:
         "--guidance-scale",
         type=float_in(0.0),
         default=None,
-        help="classifier-free guidance scale w: 0 unconditional, 1 conditional, > 1 guided (default: 3 for "
-        "class-conditional; for classifier-guided only with a class-conditional UNet)",
+        help="classifier-free guidance scale w: 0 unconditional, 1 conditional, > 1 guided (default: the model's "
+        "own, 3 for the shipped model; for classifier-guided only with a class-conditional UNet)",
     )
     s.add_argument(
         "--classifier-scale",

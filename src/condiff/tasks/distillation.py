@@ -47,15 +47,19 @@ class DistillationTask(ImageDataTask):
         g.add_argument("--guidance_scale_range", type=float, nargs=2, default=[0.0, 6.0], metavar=("LO", "HI"))
         g.add_argument("--guidance_embedding_dim", type=int, default=64, help="the student UNet's time_cond_proj_dim")
         g.add_argument("--p_uncond", type=float, default=0.1, help="rows trained on the null class")
-        g.add_argument("--validation_guidance_scale", type=float, default=3.0)
+        g.add_argument("--student_init", default=None, help="a guidance-embedded pipeline folder to start from")
+        g.add_argument(
+            "--validation_guidance_scale", type=float, default=3.0, help="the grid's w and the exported default scale"
+        )
         g.add_argument("--validation_images_per_class", type=int, default=8)
         g.add_argument("--validation_inference_steps", type=int, default=None, help="default: the student's default")
 
     def check_args(self) -> None:
         a = self.args
         super().check_args()
-        if not (Path(a.teacher) / "model_index.json").is_file():
-            raise ValueError(f"--teacher {a.teacher!r} is not a saved pipeline folder (no model_index.json)")
+        for flag, folder in (("teacher", a.teacher), ("student_init", a.student_init)):
+            if folder is not None and not (Path(folder) / "model_index.json").is_file():
+                raise ValueError(f"--{flag} {folder!r} is not a saved pipeline folder (no model_index.json)")
         lo, hi = a.guidance_scale_range
         require_real("guidance_scale_range", lo, 0.0)
         if not hi >= lo:
@@ -85,11 +89,17 @@ class DistillationTask(ImageDataTask):
         return Modules(trained={"unet": self.initial_student(teacher)}, frozen={"teacher": teacher})
 
     def initial_student(self, teacher):
-        """The teacher plus a zero-initialised guidance input (a guidance-embedded teacher: a copy of it)."""
+        """`--student_init`'s UNet, else the teacher plus a zero-initialised guidance input (a guidance-embedded
+        teacher: a copy of it)."""
         import copy
 
         from condiff.distillation import guidance_embedded_student
 
+        if self.args.student_init is not None:
+            _, unet, _ = load_teacher(self.args.student_init)
+            if unet.config.get("time_cond_proj_dim") is None:
+                raise ValueError(f"--student_init {self.args.student_init!r} does not take the guidance scale as input")
+            return unet.train().requires_grad_(True)
         if teacher.config.get("time_cond_proj_dim") is not None:
             return copy.deepcopy(teacher).train().requires_grad_(True)
         return guidance_embedded_student(teacher, self.args.guidance_embedding_dim)
@@ -102,6 +112,7 @@ class DistillationTask(ImageDataTask):
         return {
             "default_num_inference_steps": t.default_num_inference_steps,
             "default_guidance_interval": t.default_guidance_interval,
+            "default_guidance_scale": self.args.validation_guidance_scale,
         }
 
     def pipeline(self, modules: Modules):
@@ -128,7 +139,7 @@ class DistillationTask(ImageDataTask):
         return {"validation": self.sample_grid(modules, Path(output_dir) / "samples" / f"step-{step:07d}.png")}
 
     def card_fields(self) -> dict:
-        return {}
+        return {"student_init": self.args.student_init or "the teacher"}
 
     def loss(self, modules: Modules, batch: dict, generator):
         """The subclass's `distillation_loss` on the shared inputs (student, teacher, data, w range, label dropout)."""
@@ -193,7 +204,6 @@ class ConsistencyDistillationTask(DistillationTask):
         super().add_arguments(p)
         g = p.add_argument_group("consistency distillation")
         g.add_argument("--num_ddim_timesteps", type=int, default=50, help="N of the teacher's DDIM skipping schedule")
-        g.add_argument("--student_init", default=None, help="a guidance-distilled pipeline folder to start from")
         g.add_argument("--default_num_inference_steps", type=int, default=4, help="the exported pipeline's default")
         g.add_argument("--target_ema_decay", type=float, default=0.95, help="EMA decay of the target network")
 
@@ -203,8 +213,6 @@ class ConsistencyDistillationTask(DistillationTask):
         require_int("num_ddim_timesteps", a.num_ddim_timesteps, 1, 1000)
         require_int("default_num_inference_steps", a.default_num_inference_steps, 1, a.num_ddim_timesteps)
         require_real("target_ema_decay", a.target_ema_decay, 0.0, 1.0)
-        if a.student_init is not None and not (Path(a.student_init) / "model_index.json").is_file():
-            raise ValueError(f"--student_init {a.student_init!r} is not a saved pipeline folder (no model_index.json)")
 
     def build(self) -> Modules:
         from diffusers import LCMScheduler
@@ -226,28 +234,17 @@ class ConsistencyDistillationTask(DistillationTask):
 
         update_target(modules.target, modules.unet, self.args.target_ema_decay)
 
-    def initial_student(self, teacher):
-        if self.args.student_init is None:
-            return super().initial_student(teacher)
-        _, unet, _ = load_teacher(self.args.student_init)
-        if unet.config.get("time_cond_proj_dim") is None:
-            raise ValueError(f"--student_init {self.args.student_init!r} does not take the guidance scale as input")
-        return unet.train().requires_grad_(True)
-
     def sampling_scheduler(self):
         return self.lcm_scheduler
 
     def pipeline_defaults(self) -> dict:
-        return {
+        return super().pipeline_defaults() | {
             "default_num_inference_steps": self.args.default_num_inference_steps,
             "default_guidance_interval": (0.0, 1.0),
         }
 
     def card_fields(self) -> dict:
-        return {
-            "num_ddim_timesteps": self.args.num_ddim_timesteps,
-            "student_init": self.args.student_init or "the teacher",
-        }
+        return super().card_fields() | {"num_ddim_timesteps": self.args.num_ddim_timesteps}
 
     def loss_scheduler(self):
         return self.lcm_scheduler
@@ -293,10 +290,14 @@ class ProgressiveDistillationTask(DistillationTask):
         return DDIMScheduler.from_config(config, timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=clip)
 
     def pipeline_defaults(self) -> dict:
-        return {"default_num_inference_steps": self.args.student_steps, "default_guidance_interval": (0.0, 1.0)}
+        return super().pipeline_defaults() | {
+            "default_num_inference_steps": self.args.student_steps,
+            "default_guidance_interval": (0.0, 1.0),
+        }
 
     def card_fields(self) -> dict:
-        return {"student_steps": self.args.student_steps, "teacher_steps": 2 * self.args.student_steps}
+        steps = {"student_steps": self.args.student_steps, "teacher_steps": 2 * self.args.student_steps}
+        return super().card_fields() | steps
 
     def distillation_loss(self, modules: Modules):
         import functools
