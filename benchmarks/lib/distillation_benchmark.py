@@ -1,7 +1,8 @@
 """Benchmark of issue 10, speed and quality against network evaluations per image: the textbook sampler, the teacher
 with DPM-Solver++ (its default path and plain CFG at fewer steps), the guidance-distilled student (one evaluation per
 step) and the consistency-distilled student (LCMScheduler), at 1, 2, 4, 8 and 14 evaluations per image, and each
-progressive-distillation stage at its own step count, in one run.
+progressive-distillation stage at its own step count (the last stage, the step-distilled student, on the curve too),
+in one run.
 The headline is the fastest row that keeps accuracy >= 0.99 and a Frechet distance <= 2x the real floor (same N)."""
 
 from __future__ import annotations
@@ -110,10 +111,13 @@ def run_distillation_benchmark(args, classifier=None) -> dict[str, Any]:
             pipe = load_pipeline(folder, device=args.device)
             for _, call in student_configs(args.nfe, few_step_scale):
                 rows.append(measure(pipe, name, call, scale, args, classifier, evaluate))
-    for folder in args.progressive or ():  # each stage at the step count it was distilled for
+    stages = args.progressive or []
+    for i, folder in enumerate(stages):  # each stage at the step count it was distilled for; the last: the curve too
         pipe = load_pipeline(folder, device=args.device)
-        call = {"num_inference_steps": default_num_inference_steps(pipe)} | every_step(few_step_scale)
-        rows.append(measure(pipe, "progressive-distilled", call, scale, args, classifier, evaluate))
+        own = default_num_inference_steps(pipe)
+        steps = sorted({own, *args.nfe}) if i == len(stages) - 1 else [own]
+        for call in ({"num_inference_steps": n} | every_step(few_step_scale) for n in steps):
+            rows.append(measure(pipe, "progressive-distilled", call, scale, args, classifier, evaluate))
     for row in rows:
         row["speedup_vs_textbook"] = row["images_per_second"] / textbook["images_per_second"]
         row["speedup_vs_default"] = row["images_per_second"] / default["images_per_second"]
@@ -204,7 +208,12 @@ def build_parser(default_out_dir: str | Path) -> argparse.ArgumentParser:
     p.add_argument("--teacher", default=None, help="teacher pipeline folder (default: the shipped CFG model)")
     p.add_argument("--guided", default=None, help="guidance-distilled pipeline folder")
     p.add_argument("--lcm", default=None, help="consistency-distilled pipeline folder")
-    p.add_argument("--progressive", nargs="+", default=None, help="progressive-distillation stage folders")
+    p.add_argument(
+        "--progressive",
+        nargs="+",
+        default=None,
+        help="progressive-distillation stage folders, first to last (the last: also on the curve)",
+    )
     p.add_argument("--guidance-scale", type=float, default=3.0)
     p.add_argument(
         "--few-step-guidance-scale", type=float, default=None, help="scale of the rows guided at every step (plain "
