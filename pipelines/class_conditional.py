@@ -32,6 +32,7 @@ from .guidance import (
     guidance_scale_embedding,
     guided_prediction,
     in_guidance_interval,
+    resolve_default_guidance_scale,
 )
 from .labels import LabelInput, normalize_id2label, parse_labels
 from .locking import serialized_call
@@ -69,8 +70,9 @@ class ClassConditionalDDPMPipeline(GuidedPipelineState, DiffusionPipeline):
         id2label (`dict[int, str]`, *optional*): class names, so `label="three"` works.
         guidance_scale_range (`(lo, hi)`, *optional*): the scales a guidance-embedded UNet was trained on; others
             are refused.
-        default_guidance_scale (`float`, defaults to 3): the `guidance_scale` of a call that gives none (a few-step
-            student guided at every step is best at a lower scale than a teacher guided on an interval).
+        default_guidance_scale (`float`, *optional*): the `guidance_scale` of a call that gives none (a few-step
+            student guided at every step is best at a lower scale than a teacher guided on an interval). None: 3,
+            clamped into `guidance_scale_range`.
         micro_batch_size (`int`, *optional*): the UNet runs on slices of at most this many rows (same results, faster
             on CPUs at large requests; `benchmarks/micro_batching.py` measures it). None: the whole batch at once.
 
@@ -105,7 +107,7 @@ class ClassConditionalDDPMPipeline(GuidedPipelineState, DiffusionPipeline):
         default_guidance_interval: tuple | list = (0.0, 1.0),
         micro_batch_size: int | None = None,
         guidance_scale_range: tuple | list | None = None,
-        default_guidance_scale: float = 3.0,
+        default_guidance_scale: float | None = None,
     ):
         super().__init__()
         if unet.config.num_class_embeds is None or unet.config.num_class_embeds < 2:
@@ -124,7 +126,7 @@ class ClassConditionalDDPMPipeline(GuidedPipelineState, DiffusionPipeline):
             default_guidance_interval=[float(v) for v in default_guidance_interval],
             micro_batch_size=micro_batch_size,
             guidance_scale_range=None if guidance_scale_range is None else [float(v) for v in guidance_scale_range],
-            default_guidance_scale=float(default_guidance_scale),
+            default_guidance_scale=None if default_guidance_scale is None else float(default_guidance_scale),
         )
         self._guidance_scale, self._guidance_rescale = 1.0, 0.0
         self._num_timesteps, self._interrupt = 0, False
@@ -241,7 +243,7 @@ class ClassConditionalDDPMPipeline(GuidedPipelineState, DiffusionPipeline):
             label: class id(s) or name(s) (`3`, `[0, 1]`, `"three"`, a tensor); `None` samples unconditionally.
             num_images_per_label: images generated for each entry of `label`.
             guidance_scale: w in uncond + w (cond - uncond). 0 = unconditional, 1 = conditional, > 1 stronger.
-                Default: the model's `default_guidance_scale` (3 unless the model says otherwise).
+                Default: the model's `default_guidance_scale` (None: 3, clamped into its trained range).
             num_inference_steps: denoising steps; default: the model's `default_num_inference_steps`.
             generator: a `torch.Generator`, or one per image, for reproducible sampling.
             latents: initial noise of shape (N, C, H, W); drawn from `generator` when None.
@@ -274,7 +276,8 @@ class ClassConditionalDDPMPipeline(GuidedPipelineState, DiffusionPipeline):
         steps = self.config.default_num_inference_steps if num_inference_steps is None else num_inference_steps
         interval = tuple(self.config.default_guidance_interval) if guidance_interval is None else guidance_interval
         if guidance_scale is None:
-            guidance_scale = self.config.get("default_guidance_scale", 3.0)
+            trained = self.config.get("guidance_scale_range")
+            guidance_scale = resolve_default_guidance_scale(self.config.get("default_guidance_scale"), trained)
         class_ids = self.check_inputs(label, num_images, steps, generator)
         check_guidance_arguments(guidance_scale, guidance_rescale, interval)
         if guidance_rescale and self.guidance_embedded:

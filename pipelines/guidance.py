@@ -125,12 +125,21 @@ def check_guidance_arguments(guidance_scale: float, guidance_rescale: float, gui
         raise ValueError(f"guidance_interval must be a pair (lo, hi) with 0 <= lo <= hi <= 1, got {guidance_interval}")
 
 
-def check_default_guidance_scale(scale: float, scale_range: tuple | list | None) -> None:
-    """A pipeline's `default_guidance_scale`: a finite number >= 0, inside the trained `guidance_scale_range`."""
+def check_default_guidance_scale(scale: float | None, scale_range: tuple | list | None) -> None:
+    """`default_guidance_scale`: None, or a finite number >= 0 inside the trained `guidance_scale_range`."""
+    if scale is None:
+        return
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
-        raise ValueError(f"default_guidance_scale must be a finite number >= 0, got {scale!r}")
+        raise ValueError(f"default_guidance_scale must be None or a finite number >= 0, got {scale!r}")
     if scale_range is not None and not scale_range[0] <= scale <= scale_range[1]:
         raise ValueError(f"default_guidance_scale must lie in guidance_scale_range {list(scale_range)}, got {scale}")
+
+
+def resolve_default_guidance_scale(scale: float | None, scale_range: tuple | list | None) -> float:
+    """The scale of a call that gives none: the configured default, else 3 (clamped into a trained range)."""
+    if scale is not None:
+        return float(scale)
+    return 3.0 if scale_range is None else min(max(3.0, scale_range[0]), scale_range[1])
 
 
 # ---------------------------------------------------------------------------------------------- classifier guidance

@@ -183,15 +183,19 @@ def test_a_call_without_a_scale_uses_the_models_default_guidance_scale(tmp_path)
     explicit = loaded(guidance_scale=1.5, generator=torch.Generator().manual_seed(1), **kwargs).images
     other = loaded(guidance_scale=3.0, generator=torch.Generator().manual_seed(1), **kwargs).images
     assert torch.equal(default, explicit) and not torch.equal(default, other)
-    assert (
-        ClassConditionalDDPMPipeline(unet=tiny_teacher(), scheduler=loaded.scheduler).config.default_guidance_scale == 3
-    )
+    teacher = ClassConditionalDDPMPipeline(unet=tiny_teacher(), scheduler=loaded.scheduler)
+    teacher.set_progress_bar_config(disable=True)
+    teacher(label=1, num_inference_steps=1)
+    assert teacher.config.default_guidance_scale is None and teacher.guidance_scale == 3.0  # None: 3
+    narrow = embedded_pipeline(guidance_scale_range=(1.0, 2.0))  # e.g. a student saved before the default existed
+    narrow(label=1, num_inference_steps=1)
+    assert narrow.guidance_scale == 2.0  # 3 clamped into the trained range
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(default_guidance_scale=-1.0), "default_guidance_scale must be a finite number >= 0, got -1.0"),
+        (dict(default_guidance_scale=-1.0), "must be None or a finite number >= 0, got -1.0"),
         (dict(default_guidance_scale=4.0, guidance_scale_range=(1.0, 3.0)), r"must lie in guidance_scale_range \[1"),
     ],
 )
