@@ -28,7 +28,7 @@ def shipped_model_path(pipeline: str = "class-conditional") -> Path:
     """Folder of a pipeline that ships with condiff (no download needed): the class-conditional MNIST model (CFG),
     with `pipeline="classifier-guided"` the unconditional MNIST model with its noise-aware classifier, with
     `pipeline="latent"` the text-to-image latent diffusion model, with `pipeline="distilled"` the class-conditional
-    model's step-distilled student (4 steps, one network evaluation each)."""
+    model's step-distilled student (2 steps, one network evaluation each)."""
     if pipeline not in SHIPPED_MODELS:
         raise ValueError(f"pipeline must be one of {sorted(SHIPPED_MODELS)}, got {pipeline!r}")
     return Path(str(resources.files("condiff") / "assets" / SHIPPED_MODELS[pipeline]))
