@@ -132,6 +132,13 @@ class ClassConditionalDDPMPipeline(GuidedPipelineState, DiffusionPipeline):
         self._num_timesteps, self._interrupt = 0, False
 
     @property
+    def default_guidance_scale(self) -> float:
+        """The scale of a call that gives none: the config's `default_guidance_scale`, else 3 clamped into
+        `guidance_scale_range`."""
+        trained = self.config.get("guidance_scale_range")
+        return resolve_default_guidance_scale(self.config.get("default_guidance_scale"), trained)
+
+    @property
     def num_classes(self) -> int:
         """Number of real classes K (the null class K is not counted)."""
         return self.unet.config.num_class_embeds - 1
@@ -275,9 +282,7 @@ class ClassConditionalDDPMPipeline(GuidedPipelineState, DiffusionPipeline):
         num_images = resolve_num_images(num_images_per_label, num_images_per_prompt)
         steps = self.config.default_num_inference_steps if num_inference_steps is None else num_inference_steps
         interval = tuple(self.config.default_guidance_interval) if guidance_interval is None else guidance_interval
-        if guidance_scale is None:
-            trained = self.config.get("guidance_scale_range")
-            guidance_scale = resolve_default_guidance_scale(self.config.get("default_guidance_scale"), trained)
+        guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
         class_ids = self.check_inputs(label, num_images, steps, generator)
         check_guidance_arguments(guidance_scale, guidance_rescale, interval)
         if guidance_rescale and self.guidance_embedded:

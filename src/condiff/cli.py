@@ -268,7 +268,7 @@ def add_model_arguments(s: argparse.ArgumentParser) -> None:
         type=float_in(0.0),
         default=None,
         help="classifier-free guidance scale w: 0 unconditional, 1 conditional, > 1 guided (default: the model's "
-        "own, 3 for the shipped model; for classifier-guided only with a class-conditional UNet)",
+        "own, 3.5 for the shipped model; for classifier-guided only with a class-conditional UNet)",
     )
     s.add_argument(
         "--classifier-scale",

@@ -24,7 +24,7 @@ METRIC_KEYS = ("accuracy", "frechet_distance", "floor_matched", "fd_ratio_matche
 
 def evaluate_pipeline(
     pipe: Any,
-    guidance_scale: float = 3.0,
+    guidance_scale: float | None = None,
     num_per_class: int = 100,
     num_inference_steps: int | None = None,
     batch_size: int = 250,
@@ -42,7 +42,9 @@ def evaluate_pipeline(
     sampler, nfe_per_image (None when the pipeline does not report it), wall_seconds, images_per_second
     (generation only, scoring excluded) and seed. Non-finite images raise a ValueError.
     """
-    kwargs = dict(call_kwargs, guidance_scale=guidance_scale)
+    kwargs = dict(call_kwargs)
+    if guidance_scale is not None:  # None: the pipeline's own default (e.g. its `default_guidance_scale`)
+        kwargs["guidance_scale"] = guidance_scale
     if num_inference_steps is not None:
         kwargs["num_inference_steps"] = num_inference_steps
     samples = generate_samples(
@@ -58,7 +60,7 @@ def evaluate_pipeline(
     result = evaluate_images(samples.images, samples.labels, classifier=classifier, value_range=(0, 1))
     scheduler = getattr(pipe, "scheduler", None)
     result.update(
-        guidance_scale=guidance_scale,
+        guidance_scale=getattr(pipe, "default_guidance_scale", None) if guidance_scale is None else guidance_scale,
         num_inference_steps=num_inference_steps,
         sampler=scheduler.__class__.__name__ if scheduler is not None else None,
         nfe_per_image=samples.nfe_per_image,
