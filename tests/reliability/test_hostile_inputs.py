@@ -94,7 +94,7 @@ INVALID = {
     "num_images_per_label": bad_positive_int(65536),  # (None included: it has no default meaning)
     "num_images_per_prompt": bad_positive_int(65536, none_is_default=True),  # None: not given (an alias, below)
     "num_inference_steps": bad_positive_int(50, none_is_default=True),  # tiny model: 50 training timesteps
-    "guidance_scale": st.one_of(st.floats(max_value=-1e-9), weird_floats, not_a_number, st.booleans(), st.none()),
+    "guidance_scale": st.one_of(st.floats(max_value=-1e-9), weird_floats, not_a_number, st.booleans()),
     "guidance_rescale": st.one_of(
         st.floats(max_value=-1e-9),
         st.floats(min_value=1.0 + 1e-9),
@@ -174,7 +174,7 @@ def label_and_count():
     label_count=label_and_count(),
     per_label=st.integers(1, 3),
     steps=st.one_of(st.integers(1, 3), st.none()),  # None: the model's default (20)
-    scale=st.floats(0, 10),
+    scale=st.one_of(st.floats(0, 10), st.none()),  # None: the model's default_guidance_scale
     rescale=st.floats(0, 1),
     interval=st.one_of(st.tuples(st.floats(0, 1), st.floats(0, 1)).map(sorted).map(tuple), st.none()),
     output_type=st.sampled_from(OUTPUT_TYPES),
