@@ -106,12 +106,17 @@ def guided_prediction(
     return cfg_combine(pred_uncond, pred_cond, guidance_scale, guidance_rescale), 2 * n
 
 
+def check_scale(name: str, value: float) -> None:
+    """A guidance scale: a real, finite number >= 0 (the error names `name`)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number >= 0, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+
+
 def check_guidance_arguments(guidance_scale: float, guidance_rescale: float, guidance_interval: tuple) -> None:
     """Raise a ValueError naming the argument when a guidance setting is out of range."""
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
-        raise TypeError(f"guidance_scale must be a real number >= 0, got {type(guidance_scale).__name__}")
-    if not math.isfinite(guidance_scale) or guidance_scale < 0:
-        raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
+    check_scale("guidance_scale", guidance_scale)
     if isinstance(guidance_rescale, bool) or not isinstance(guidance_rescale, (int, float)):
         raise TypeError(f"guidance_rescale must be a number in [0, 1], got {type(guidance_rescale).__name__}")
     if not 0.0 <= guidance_rescale <= 1.0:
@@ -129,8 +134,7 @@ def check_default_guidance_scale(scale: float | None, scale_range: tuple | list 
     """`default_guidance_scale`: None, or a finite number >= 0 inside the trained `guidance_scale_range`."""
     if scale is None:
         return
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
-        raise ValueError(f"default_guidance_scale must be None or a finite number >= 0, got {scale!r}")
+    check_scale("default_guidance_scale", scale)
     if scale_range is not None and not scale_range[0] <= scale <= scale_range[1]:
         raise ValueError(f"default_guidance_scale must lie in guidance_scale_range {list(scale_range)}, got {scale}")
 

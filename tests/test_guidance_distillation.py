@@ -195,7 +195,7 @@ def test_a_call_without_a_scale_uses_the_models_default_guidance_scale(tmp_path)
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(default_guidance_scale=-1.0), "must be None or a finite number >= 0, got -1.0"),
+        (dict(default_guidance_scale=-1.0), "default_guidance_scale must be a finite number >= 0, got -1.0"),
         (dict(default_guidance_scale=4.0, guidance_scale_range=(1.0, 3.0)), r"must lie in guidance_scale_range \[1"),
     ],
 )
