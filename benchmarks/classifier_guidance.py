@@ -6,7 +6,8 @@ training-free guidance and CG + CFG side by side in one run, and memory across s
     python benchmarks/classifier_guidance.py --part memory    # memory after each step, guided calls
     python benchmarks/classifier_guidance.py --part sweep --quick   # 5 per class: a smoke run, not a result
 
-Writes benchmarks/results/classifier_guidance_<part>.{json,md,png}. The code is
+Writes benchmarks/results/classifier_guidance_<part>.{json,md,png} (`--out-dir`, `--name`); existing files are
+refused before any model work unless `--overwrite` is given. The code is
 `condiff.evaluation.guidance_methods`; the models are condiff's shipped ones, and training-free guidance uses a clean
 MNIST classifier trained apart from the evaluator that scores the samples (`--guide-classifier`), since guiding with
 the judge itself would be graded by the classifier it was optimised against.
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from condiff.evaluation.cli_args import check_name, check_new_outputs
 from condiff.evaluation.guidance_methods import (
     Setting,
     memory_by_step,
@@ -33,10 +35,22 @@ from condiff.evaluation.reports import publish, write_report
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+SWEEP_METHODS = {"ddpm": "mean_shift", "ddim": "score", "dpm++2m": "score"}
+
+
 def sweep_settings(scales: dict[str, list[float]], steps: dict[str, int]) -> list[Setting]:
+    """Each sampler's scales with its method named in the call, so a row labelled "mean shift" cannot silently run
+    the score correction (the pipeline refuses a mean shift its scheduler cannot take)."""
     names = {"ddpm": "DDPM, mean shift", "ddim": "DDIM, score", "dpm++2m": "DPM-Solver++, score"}
     return [
-        Setting(f"CG {names[sampler]}", names[sampler], "cg", sampler, steps[sampler], {"classifier_scale": s})
+        Setting(
+            f"CG {names[sampler]}",
+            names[sampler],
+            "cg",
+            sampler,
+            steps[sampler],
+            {"classifier_scale": s, "guidance_method": SWEEP_METHODS[sampler]},
+        )
         for sampler in ("ddpm", "ddim", "dpm++2m")
         for s in scales[sampler]
     ]
@@ -116,20 +130,28 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compare-sampler", default="dpm++2m")
     p.add_argument("--compare-steps", type=int, default=10, help="steps of the CFG rows (the shipped default)")
     p.add_argument("--cg-steps", type=int, default=15, help="steps of the CG and training-free rows")
-    p.add_argument("--name", default=None)
+    p.add_argument("--name", default=None, help="file stem (default: classifier_guidance_<part>[_quick])")
+    p.add_argument("--out-dir", type=Path, default=RESULTS, help="where the outputs go (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files (without it: refuse)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     per_class = 5 if args.quick else args.num_per_class
-    name = args.name or f"classifier_guidance_{args.part}" + ("_quick" if args.quick else "")
+    suffixes = ("json", "md") if args.part == "memory" else ("json", "md", "png")
+    try:  # before any model work
+        name = check_name(args.name or f"classifier_guidance_{args.part}" + ("_quick" if args.quick else ""))
+        check_new_outputs([args.out_dir / f"{name}.{ext}" for ext in suffixes], args.overwrite)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     pipes = load_pipes(args)
     if args.part == "memory":
         report = memory_report(pipes, args.ddpm_steps)
         text = "\n".join(json.dumps(r) for r in report["rows"])
         print(text)
-        write_report(RESULTS, name, report, f"# Memory after each step (MB)\n\n{text}\n")
+        write_report(args.out_dir, name, report, f"# Memory after each step (MB)\n\n{text}\n")
         return 0
     if args.part == "sweep":
         scales = {"ddpm": args.ddpm_scales, "ddim": args.ddim_scales, "dpm++2m": args.dpm_scales}
@@ -142,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "command": "python benchmarks/classifier_guidance.py " + " ".join(argv or sys.argv[1:]),
     }
-    publish(RESULTS, name, report, settings_markdown(report, title), plot_settings)
+    publish(args.out_dir, name, report, settings_markdown(report, title), plot_settings)
     return 0
 
 

@@ -5,8 +5,9 @@ scale (and the guidance-rescale and guidance-interval variants) of a saved pipel
     python benchmarks/guidance_sweep.py --quick              # smoke run
     python benchmarks/guidance_sweep.py --model out/mnist-cfg --scales 1 3 5 --num-per-class 20
 
-Writes benchmarks/results/guidance_sweep.{json,md,png} and guidance_sweep_grid.png. The code is
-`condiff.evaluation.sweep`.
+Writes benchmarks/results/guidance_sweep.{json,md,png} and guidance_sweep_grid.png (the published figures: an
+existing file is refused before any model work unless `--overwrite` is given; `condiff sweep` writes into
+./condiff-sweep/ instead). The code is `condiff.evaluation.sweep`.
 """
 
 import sys

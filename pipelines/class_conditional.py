@@ -39,12 +39,14 @@ from .locking import serialized_call
 from .outputs import CondiffPipelineOutput, to_output_type
 from .sampling import (
     GuidedPipelineState,
+    check_schedule,
     initial_noise,
     micro_batched,
     scheduler_step_kwargs,
     step_callback,
     unet_extra_inputs,
 )
+from .weights import refusing_unsafe_pickles
 
 StepCallback = Callable[[Any, int, Any, dict], dict]
 
@@ -66,7 +68,8 @@ class ClassConditionalDDPMPipeline(GuidedPipelineState, DiffusionPipeline):
             pipeline runs one branch per step at any scale. The pipeline never modifies a UNet it is given (no
             dtype, device or memory-format change); for the fastest CPU sampling convert it yourself:
             `unet.to(memory_format=torch.channels_last)`.
-        scheduler ([`SchedulerMixin`]): any diffusers scheduler (DDPM, DDIM, DPM-Solver++, UniPC, Euler, ...).
+        scheduler ([`SchedulerMixin`]): a diffusers scheduler (DDPM, DDIM, DPM-Solver++, UniPC, Euler, ...); Heun and
+            KDPM2 Ancestral on a schedule that starts at nearly pure noise are refused (`sampling.check_schedule`).
         id2label (`dict[int, str]`, *optional*): class names, so `label="three"` works.
         guidance_scale_range (`(lo, hi)`, *optional*): the scales a guidance-embedded UNet was trained on; others
             are refused.
@@ -78,22 +81,25 @@ class ClassConditionalDDPMPipeline(GuidedPipelineState, DiffusionPipeline):
 
     During a call, as in diffusers pipelines, `guidance_scale`, `guidance_rescale`, `num_timesteps` and `interrupt`
     are properties backed by state the loop reads at every step: a `callback_on_step_end` that sets
-    `pipe._guidance_scale = 0.0` turns guidance off from the next step on, one that sets `pipe._interrupt = True`
-    skips the remaining steps. They describe the current (or, after it, the last) call; calls on one pipeline are
-    serialized, so they never mix two calls.
+    `pipe._guidance_scale = 0.0` turns guidance off from the next step on as diffusers' CFG cut-off callbacks mean it
+    (the conditional prediction alone, stored as 1.0; a call's `guidance_scale=0` is the unconditional one), one that
+    sets `pipe._interrupt = True` skips the remaining steps. The callback tensor "prompt_embeds" holds the class ids
+    [null; labels] (2N), the counterpart of Stable Diffusion's [negative; positive] embeddings, so diffusers'
+    `SDCFGCutoffCallback` works unchanged. They describe the current (or, after it, the last) call; calls on one
+    pipeline are serialized, so they never mix two calls.
     """
 
     model_cpu_offload_seq = "unet"
-    _callback_tensor_inputs = ["latents"]
+    _callback_tensor_inputs = ["latents", "prompt_embeds"]
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
         """diffusers' `from_pretrained`. The UNet it loads (not one passed as `unet=`, and not a device-mapped or
         quantized one) belongs to this pipeline and is put in channels_last memory format: about 1.2x faster CPU
-        sampling at batch 100 (benchmarks/), same values up to float rounding. Only safetensors weights load."""
-        if kwargs.pop("use_safetensors", True) is False:
-            raise ValueError("use_safetensors=False is not supported: condiff pipelines load only safetensors weights")
-        pipe = super().from_pretrained(pretrained_model_name_or_path, use_safetensors=True, **kwargs)
+        sampling at batch 100 (benchmarks/), same values up to float rounding. Weights load as diffusers loads them:
+        safetensors first, a `.bin` through torch's weights-only unpickler (`UnsafeWeightsError` if it holds more)."""
+        with refusing_unsafe_pickles():
+            pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         if not {"unet", "device_map", "quantization_config"} & kwargs.keys():
             pipe.unet.to(memory_format=torch.channels_last)
         return pipe
@@ -223,7 +229,7 @@ class ClassConditionalDDPMPipeline(GuidedPipelineState, DiffusionPipeline):
                 pred, used = guided_prediction(model, model_input, cond, uncond, scale, self._guidance_rescale)
             rows += used
             latents = self.scheduler.step(pred, t, latents, **step_kwargs).prev_sample
-            latents = step_callback(self, callback, i, t, latents, tensor_inputs)
+            latents, (uncond, cond) = step_callback(self, callback, i, t, latents, tensor_inputs, (uncond, cond))
         return latents, rows
 
     @serialized_call  # schedulers are stateful: concurrent calls on one pipeline take turns (locking.py)
@@ -249,7 +255,8 @@ class ClassConditionalDDPMPipeline(GuidedPipelineState, DiffusionPipeline):
         Args:
             label: class id(s) or name(s) (`3`, `[0, 1]`, `"three"`, a tensor); `None` samples unconditionally.
             num_images_per_label: images generated for each entry of `label`.
-            guidance_scale: w in uncond + w (cond - uncond). 0 = unconditional, 1 = conditional, > 1 stronger.
+            guidance_scale: w in uncond + w (cond - uncond). 0 = unconditional, 1 = conditional, > 1 stronger
+                (a callback setting 0 mid-call means "guidance off", see `callback_on_step_end`).
                 Default: the model's `default_guidance_scale` (None: 3, clamped into its trained range).
             num_inference_steps: denoising steps; default: the model's `default_num_inference_steps`.
             generator: a `torch.Generator`, or one per image, for reproducible sampling.
@@ -260,9 +267,11 @@ class ClassConditionalDDPMPipeline(GuidedPipelineState, DiffusionPipeline):
             output_type: "pil", "np", "pt" (a [0, 1] tensor) or "latent" (the final model-space tensor, untouched).
             return_dict: return a `CondiffPipelineOutput` instead of a tuple.
             callback_on_step_end: called as `fn(pipe, step, timestep, {"latents": ...})` after each step; it may
-                return a dict with a replacement "latents", and may set `pipe._guidance_scale` or `pipe._interrupt`.
-                A diffusers `PipelineCallback` (or `MultiPipelineCallbacks`) brings its own `tensor_inputs`.
-            callback_on_step_end_tensor_inputs: tensors passed to the callback.
+                return a dict with a replacement "latents" (or "prompt_embeds": class ids, 2N = [null; labels], N or
+                1 = the labels), and may set `pipe._guidance_scale` (0.0 = guidance off: conditional only, as in
+                diffusers) or `pipe._interrupt`. A diffusers `PipelineCallback` (e.g. `SDCFGCutoffCallback`) or
+                `MultiPipelineCallbacks` brings its own `tensor_inputs`.
+            callback_on_step_end_tensor_inputs: tensors passed to the callback ("latents", "prompt_embeds").
             num_images_per_prompt: diffusers' name, accepted as an alias of `num_images_per_label` (as in every
                 condiff pipeline); giving both with different values is an error, unless `num_images_per_label`
                 is left at 1.
@@ -300,6 +309,7 @@ class ClassConditionalDDPMPipeline(GuidedPipelineState, DiffusionPipeline):
 
         latents = self.prepare_latents(len(class_ids), generator, latents)
         self.scheduler.set_timesteps(steps, device=latents.device)
+        check_schedule(self.scheduler)
         self._num_timesteps = len(self.scheduler.timesteps)
         cond = torch.tensor(class_ids, device=latents.device)
         latents, rows = self._denoise(

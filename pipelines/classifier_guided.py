@@ -21,6 +21,7 @@ import torch
 from diffusers import DiffusionPipeline, UNet2DModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.schedulers import SchedulerMixin
+from diffusers.utils import logging
 
 from .checks import (
     MAX_IMAGES_PER_CALL,
@@ -47,12 +48,21 @@ from .guidance import (
 from .labels import LabelInput, normalize_id2label, parse_labels
 from .locking import serialized_call
 from .outputs import CondiffPipelineOutput, to_output_type
-from .sampling import GuidedPipelineState, initial_noise, scheduler_step_kwargs, step_callback, unet_extra_inputs
+from .sampling import (
+    GuidedPipelineState,
+    check_schedule,
+    initial_noise,
+    scheduler_step_kwargs,
+    step_callback,
+    unet_extra_inputs,
+)
+from .weights import component_load_kwargs, refusing_unsafe_pickles
 
 GUIDANCE_METHODS = ("mean_shift", "score")
 CLASSIFIER_FILE = "noise_aware_classifier.py"
 HUB_KWARGS = ("cache_dir", "token", "revision", "local_files_only", "force_download", "proxies")
 StepCallback = Callable[[Any, int, Any, dict], dict]
+logger = logging.get_logger(__name__)
 
 
 def is_noise_aware(classifier: Any) -> bool:
@@ -79,7 +89,7 @@ class ClassifierGuidedPipeline(GuidedPipelineState, DiffusionPipeline):
 
     model_cpu_offload_seq = "unet->classifier"
     _optional_components = ["classifier"]
-    _callback_tensor_inputs = ["latents"]
+    _callback_tensor_inputs = ["latents", "prompt_embeds"]
 
     def __init__(
         self,
@@ -109,24 +119,20 @@ class ClassifierGuidedPipeline(GuidedPipelineState, DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
         """diffusers' `from_pretrained`. A `classifier=` passed here replaces the saved one; a saved
-        `NoiseAwareClassifier` is loaded with this package's class (no `trust_remote_code` needed). Only safetensors
-        weights load."""
-        if kwargs.pop("use_safetensors", True) is False:
-            raise ValueError("use_safetensors=False is not supported: condiff pipelines load only safetensors weights")
+        `NoiseAwareClassifier` is loaded with this package's class (no `trust_remote_code` needed), with the dtype and
+        variant asked for. Weights load as diffusers loads them: safetensors first, a `.bin` through torch's
+        weights-only unpickler (`UnsafeWeightsError` if it holds more)."""
         classifier = kwargs.pop("classifier", None)
-        if classifier is None and saved_classifier_is_ours(pretrained_model_name_or_path, kwargs):
-            from .noise_aware_classifier import NoiseAwareClassifier
+        with refusing_unsafe_pickles():
+            if classifier is None and saved_classifier_is_ours(pretrained_model_name_or_path, kwargs):
+                from .noise_aware_classifier import NoiseAwareClassifier
 
-            hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
-            classifier = NoiseAwareClassifier.from_pretrained(
-                pretrained_model_name_or_path,
-                subfolder="classifier",
-                torch_dtype=kwargs.get("torch_dtype"),
-                use_safetensors=True,
-                **hub,
-            )
-        # diffusers would import the saved classifier's library to type-check a passed one: load without it instead.
-        pipe = super().from_pretrained(pretrained_model_name_or_path, classifier=None, use_safetensors=True, **kwargs)
+                loading = component_load_kwargs(kwargs, pretrained_model_name_or_path, "classifier")
+                classifier = NoiseAwareClassifier.from_pretrained(
+                    pretrained_model_name_or_path, subfolder="classifier", **loading
+                )
+            # diffusers would import the saved classifier's library to type-check a passed one: load without it.
+            pipe = super().from_pretrained(pretrained_model_name_or_path, classifier=None, **kwargs)
         if classifier is not None:
             pipe.register_modules(classifier=classifier)
             pipe.check_components()
@@ -211,9 +217,17 @@ class ClassifierGuidedPipeline(GuidedPipelineState, DiffusionPipeline):
         check_positive_int("num_inference_steps", steps, self.scheduler.config.num_train_timesteps)
         check_scale("classifier_scale", classifier_scale)
         if guidance_scale is not None:
-            if not self.class_conditional_unet:
-                raise ValueError("guidance_scale needs a class-conditional unet; this unet is unconditional")
             check_guidance_arguments(guidance_scale, 0.0, (0.0, 1.0))
+            if not self.class_conditional_unet and guidance_scale != 1:
+                logger.warning(
+                    "guidance_scale=%s is ignored: the unet is unconditional (use classifier_scale)", guidance_scale
+                )
+        if not hasattr(self.scheduler, "alphas_cumprod"):
+            raise ValueError(
+                f"scheduler {type(self.scheduler).__name__} has no alphas_cumprod: classifier guidance needs a "
+                "discrete variance-preserving schedule (DDPM, DDIM, DPM-Solver++, UniPC, Euler, ...) to turn the "
+                "classifier's gradient into a change of the UNet's prediction; EDM-type schedulers have none"
+            )
         self.check_components()
         if label is not None and self.num_classes is None:
             raise ValueError("label needs a classifier (or a class-conditional unet); this pipeline has neither")
@@ -261,6 +275,10 @@ class ClassifierGuidedPipeline(GuidedPipelineState, DiffusionPipeline):
         step_kwargs = scheduler_step_kwargs(self.scheduler, generator)
         num_train_timesteps, ptype = self.scheduler.config.num_train_timesteps, self.scheduler.config.prediction_type
         cond, uncond = self._conditions(labels, latents.shape[0], latents.device)
+        # What a callback sees as "prompt_embeds": the UNet's class ids; an unconditional UNet takes none (the
+        # requested labels, or -1, are shown, and what comes back is not used).
+        shown = torch.full((latents.shape[0],), -1, device=latents.device) if labels is None else labels
+        shown = (shown, shown) if cond is None else (uncond, cond)
         guided = labels is not None and self.classifier is not None
         rows = 0
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
@@ -269,6 +287,7 @@ class ClassifierGuidedPipeline(GuidedPipelineState, DiffusionPipeline):
             model_input = self.scheduler.scale_model_input(latents, t)
             inside = in_guidance_interval(t, num_train_timesteps, interval)
             w = 0.0 if labels is None else (self._guidance_scale if inside else 1.0)  # CFG: class-conditional UNets
+            w = w if self.class_conditional_unet else 1.0  # an unconditional UNet has one branch
             scale = self._classifier_scale if inside and guided else 0.0
             abar = alpha_prod_at(self.scheduler, t) if scale else None
             pred, grad, used = self._prediction_and_gradient(model_input, t, cond, uncond, w, scale, labels, abar)
@@ -278,7 +297,8 @@ class ClassifierGuidedPipeline(GuidedPipelineState, DiffusionPipeline):
             latents = self.scheduler.step(pred, t, latents, **step_kwargs).prev_sample
             if grad is not None and method == "mean_shift":
                 latents = mean_shift(latents, grad, ancestral_variance(self.scheduler, t).to(latents.device), scale)
-            latents = step_callback(self, callback, i, t, latents, tensor_inputs)
+            latents, shown = step_callback(self, callback, i, t, latents, tensor_inputs, shown)
+            uncond, cond = shown if cond is not None else (None, None)
         return latents, rows
 
     @serialized_call  # schedulers are stateful: concurrent calls on one pipeline take turns (locking.py)
@@ -307,7 +327,8 @@ class ClassifierGuidedPipeline(GuidedPipelineState, DiffusionPipeline):
             num_images_per_label: images generated for each entry of `label` (alias: `num_images_per_prompt`).
             classifier_scale: s, the weight of grad log p(y | x_t); 0 = unguided, bit for bit. Default: the
                 model's `default_classifier_scale`.
-            guidance_scale: CFG's w for a class-conditional UNet (default 1: the conditional prediction).
+            guidance_scale: CFG's w for a class-conditional UNet (default 1: the conditional prediction); ignored,
+                as in diffusers pipelines, for an unconditional UNet (a warning when it is not 1).
             num_inference_steps: denoising steps; default: the model's `default_num_inference_steps`.
             generator, latents: as in diffusers pipelines.
             guidance_method: "mean_shift" (Algorithm 1, ancestral DDPM only) or "score" (Algorithm 2, any
@@ -315,7 +336,9 @@ class ClassifierGuidedPipeline(GuidedPipelineState, DiffusionPipeline):
             guidance_interval: (lo, hi) fractions of the noise range where both guidances apply.
             output_type: "pil", "np", "pt" or "latent".
             callback_on_step_end: `fn(pipe, step, timestep, {"latents": ...})` after each step; may return a new
-                "latents", and may set `pipe._classifier_scale`, `pipe._guidance_scale` or `pipe._interrupt`.
+                "latents" (or "prompt_embeds": the UNet's class ids, [null; labels], as in the CFG pipeline), and
+                may set `pipe._classifier_scale`, `pipe._guidance_scale` (0.0 = CFG off: conditional only, as in
+                diffusers' `SDCFGCutoffCallback`; classifier guidance stays) or `pipe._interrupt`.
 
         Returns:
             [`CondiffPipelineOutput`] with `images` and `nfe_per_image` (UNet rows per image; training-free guidance
@@ -341,6 +364,7 @@ class ClassifierGuidedPipeline(GuidedPipelineState, DiffusionPipeline):
         device, dtype = self._execution_device, self.unet.dtype
         latents = initial_noise(shape, generator, latents, device, dtype, self.scheduler.init_noise_sigma)
         self.scheduler.set_timesteps(steps, device=device)
+        check_schedule(self.scheduler)
         self._num_timesteps = len(self.scheduler.timesteps)
         labels = None if class_ids is None else torch.tensor(class_ids, device=device)
         latents, rows = self._denoise(

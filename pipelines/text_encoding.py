@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from .weights import refusing_unsafe_pickles
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
@@ -34,14 +36,16 @@ def resolve_text_encoder(name_or_path: str) -> str:
 def load_text_encoder(name_or_path: str) -> tuple[Any, Any]:
     """(frozen text encoder in eval mode, its tokenizer) from a folder or Hub id, via transformers' Auto classes.
 
-    A CLIP checkpoint gives its text tower (`CLIPTextModel`); any other model is loaded with `AutoModel`.
+    A CLIP checkpoint gives its text tower (`CLIPTextModel`); any other model is loaded with `AutoModel`. Weights
+    load as transformers loads them: safetensors first, a `.bin` through torch's weights-only unpickler.
     """
     from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel
 
     path = resolve_text_encoder(name_or_path)
     config = AutoConfig.from_pretrained(path)
     model_cls = CLIPTextModel if config.model_type == "clip" else AutoModel
-    encoder = model_cls.from_pretrained(path, use_safetensors=True).eval().requires_grad_(False)
+    with refusing_unsafe_pickles(f"the pickled weights of text encoder {path}"):
+        encoder = model_cls.from_pretrained(path).eval().requires_grad_(False)
     return encoder, AutoTokenizer.from_pretrained(path)
 
 

@@ -5,6 +5,7 @@ scheduler runs, save/load (also without condiff), the diffusers conventions, and
 from __future__ import annotations
 
 import functools
+import logging
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from diffusers import (
     DDPMPipeline,
     DDPMScheduler,
     DPMSolverMultistepScheduler,
+    EDMEulerScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     UniPCMultistepScheduler,
@@ -307,7 +309,6 @@ BAD_CALLS = [
     (dict(label="zz"), ValueError, "not a class name"),
     (dict(guidance_method="mean_shift"), ValueError, "mean_shift' needs an ancestral DDPMScheduler"),
     (dict(guidance_method="langevin"), ValueError, r"guidance_method must be one of \('mean_shift', 'score'\)"),
-    (dict(guidance_scale=2.0), ValueError, "guidance_scale needs a class-conditional unet"),
     (dict(num_inference_steps=51), ValueError, "num_inference_steps must be <= 50"),
 ]
 
@@ -326,3 +327,27 @@ def test_a_label_without_a_classifier_names_the_problem():
     assert sample(pipe, label=None, num_images_per_label=2).shape == (2, 1, 8, 8)
     with pytest.raises(ValueError, match="label needs a classifier"):
         sample(pipe, label=1)
+
+
+@pytest.mark.parametrize("classifier_scale", [0.0, 3.0])
+def test_a_scheduler_without_alphas_cumprod_is_refused_before_the_loop(classifier_scale, monkeypatch):
+    """EDM schedulers have no alphas_cumprod: refused up front (it used to crash mid-loop), naming the scheduler."""
+    pipe = make_pipe(EDMEulerScheduler(num_train_timesteps=T))
+    monkeypatch.setattr(pipe.unet, "forward", functools.partial(pytest.fail, "the UNet ran"))
+    with pytest.raises(ValueError, match="scheduler EDMEulerScheduler has no alphas_cumprod: classifier guidance"):
+        sample(pipe, classifier_scale=classifier_scale)
+
+
+def test_guidance_scale_is_accepted_and_ignored_for_an_unconditional_unet(caplog):
+    """As diffusers pipelines accept a scale that does not apply: any guidance_scale runs the one UNet branch."""
+    pipe = make_pipe()
+    reference = pipe(label=[0, 1, 2], num_inference_steps=STEPS, generator=gen(), output_type="latent")
+    with caplog.at_level(logging.WARNING):
+        for w in (1.0, 0.0, 3.0):
+            out = pipe(
+                label=[0, 1, 2], guidance_scale=w, num_inference_steps=STEPS, generator=gen(), output_type="latent"
+            )
+            assert torch.equal(out.images, reference.images) and out.nfe_per_image == reference.nfe_per_image == STEPS
+    assert caplog.text.count("is ignored: the unet is unconditional") == 2  # 0 and 3, not 1
+    with pytest.raises(ValueError, match="guidance_scale must be a finite number >= 0"):
+        sample(pipe, guidance_scale=-1.0)

@@ -76,15 +76,51 @@ def test_cli_generates_and_refuses_options_of_the_other_pipeline(parts, tmp_path
     assert image.is_file() and "classifier_scale=3.0" in capsys.readouterr().out
     assert cli_main(["generate", "--classifier-scale", "3", "--out", str(tmp_path / "x.png")]) == 2
     assert "--classifier-scale needs --pipeline classifier-guided" in capsys.readouterr().err
-    bad = ["generate", "--pipeline", "classifier-guided", "--model", str(model), "--guidance-scale", "2"]
-    assert cli_main([*bad, "--label", "1", "--out", str(tmp_path / "y.png")]) == 2
-    assert "guidance_scale needs a class-conditional unet" in capsys.readouterr().err
     report = tmp_path / "metrics.json"
     evaluate = ["evaluate", "--pipeline", "classifier-guided", "--model", str(model), "--num-per-class", "1"]
     assert cli_main([*evaluate, "--steps", "2", "--classifier-scale", "2", "--out", str(report)]) == 0
     metrics = json.loads(report.read_text())
     assert metrics["pipeline"] == "classifier-guided" and metrics["num_samples"] == 10
     assert metrics["guidance_scale"] is None and 0 <= metrics["accuracy"] <= 1
+
+
+def test_evaluate_records_the_method_and_scales_that_ran(parts, tmp_path, capsys):
+    """Issue 19 item 2: the report names the guidance method and classifier scale actually used, the pipeline's
+    defaults resolved (DDPM: the mean shift; the folder's default_classifier_scale), and the scheduler and steps."""
+    model = assemble(parts, tmp_path / "cg", "--classifier_scale", "2.5")
+    evaluate = ["evaluate", "--model", str(model), "--num-per-class", "1", "--steps", "2", "--overwrite"]
+    keys = ("guidance_method", "classifier_scale", "guidance_scale", "scheduler", "num_inference_steps")
+    expected = [
+        ([], ("mean_shift", 2.5, None, "DDPMScheduler", 2)),
+        (["--guidance-method", "score", "--classifier-scale", "4"], ("score", 4.0, None, "DDPMScheduler", 2)),
+        (["--scheduler", "ddim"], ("score", 2.5, None, "DDIMScheduler", 2)),
+    ]
+    for extra, values in expected:
+        assert cli_main([*evaluate, *extra, "--out", str(tmp_path / "m.json")]) == 0, capsys.readouterr().err
+        report = json.loads((tmp_path / "m.json").read_text())
+        assert tuple(report[k] for k in keys) == values, extra
+        assert report["pipeline"] == "classifier-guided"  # read from the folder: no --pipeline given
+
+
+def test_assembling_is_an_installed_command(parts, tmp_path, capsys, monkeypatch):
+    """Issue 19 item 9: `condiff assemble-classifier-guided`; bad arguments refused before any model loads, and no
+    output folder created."""
+    argv = ["assemble-classifier-guided", "--diffusion_model", str(parts / "unet-model")]
+    argv += ["--classifier", str(parts / "classifier"), "--num_inference_steps", "3"]
+    with monkeypatch.context() as m:
+        m.setattr("condiff.assemble.build_pipeline", lambda *a, **k: pytest.fail("a model was loaded"))
+        assert cli_main([*argv[:2], str(tmp_path / "none"), *argv[3:], "--output_dir", str(tmp_path / "a/b")]) == 2
+        assert "--diffusion_model" in capsys.readouterr().err and not (tmp_path / "a").exists()
+        (tmp_path / "full").mkdir()
+        (tmp_path / "full" / "keep.txt").write_text("mine")
+        assert cli_main([*argv, "--output_dir", str(tmp_path / "full")]) == 2
+        assert "exists and is not empty; pass --overwrite" in capsys.readouterr().err
+    assert cli_main([*argv, "--output_dir", str(tmp_path / "cg")]) == 0
+    assert ClassifierGuidedPipeline.from_pretrained(tmp_path / "cg").config.default_num_inference_steps == 3
+    assert "condiff assemble-classifier-guided --diffusion_model" in (tmp_path / "cg" / "README.md").read_text()
+    with pytest.raises(SystemExit):
+        cli_main(["assemble-classifier-guided", "--help"])
+    assert "--classifier_scale" in capsys.readouterr().out
 
 
 def test_run_settings_scores_every_setting_and_restores_schedulers(parts, tmp_path):

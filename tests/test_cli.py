@@ -207,6 +207,13 @@ def test_evaluate_reports_steps_used_and_names_each_floor(mnist_shaped_dir, tmp_
     assert report["floor_same_n"] > report["floor_all_train_rows"] > 0  # 20 rows inflate the real-vs-real floor
     assert not {"floor", "fd_ratio", "floor_matched", "fd_ratio_matched"} & set(report)
     assert set(report["notes"]) == {"frechet_distance", "floor_all_train_rows", "floor_same_n"}
+    settings = {k: report[k] for k in ("guidance_method", "classifier_scale", "guidance_scale", "scheduler")}
+    assert settings == {  # what ran: the model's default scale (None in its config: 3), its scheduler
+        "guidance_method": "classifier-free",
+        "classifier_scale": None,
+        "guidance_scale": 3.0,
+        "scheduler": "DDPMScheduler",
+    }
     code, _, err = run([*argv, "--steps", "2", "--overwrite"], capsys)
     assert code == 0, err
     assert json.loads(out.read_text())["num_inference_steps"] == 2

@@ -1,6 +1,7 @@
 """LatentCFGPipeline on tiny random networks: shapes, CFG identities, negative prompts, save/load (also without
 condiff), scheduler swaps, callbacks and bad input."""
 
+import inspect
 import json
 import logging
 
@@ -18,6 +19,7 @@ from diffusers import (
     EulerDiscreteScheduler,
     UniPCMultistepScheduler,
 )
+from diffusers.models.attention_processor import AttnProcessor2_0
 
 from condiff.models import latent_text_unet, small_vae
 
@@ -75,15 +77,15 @@ def test_a_negative_prompt_replaces_the_null_embedding(pipe):
         run(pipe, prompt=["a", "b"], guidance_scale=3.0, num_inference_steps=1)
     finally:
         hook.remove()
-    negative = pipe.encode_prompt(["thin"])[0]
-    empty = pipe.encode_prompt([""])[0]
+    negative = pipe.encode_prompt(["thin"])[0][0]
+    empty = pipe.encode_prompt([""])[0][0]
     assert seen[0].shape[0] == 4 and torch.equal(seen[0][2], negative) and torch.equal(seen[0][3], negative)
     assert torch.equal(seen[1][2], empty)
     by_text = run(pipe, prompt="a", negative_prompt="thin", guidance_scale=3.0)
     by_embeds = run(
         pipe,
-        prompt_embeds=pipe.encode_prompt(["a"]),
-        negative_prompt_embeds=pipe.encode_prompt(["thin"]),
+        prompt_embeds=pipe.encode_prompt(["a"])[0],
+        negative_prompt_embeds=pipe.encode_prompt(["thin"])[0],
         guidance_scale=3.0,
     )
     torch.testing.assert_close(by_text, by_embeds)
@@ -159,7 +161,7 @@ def test_callback_sees_the_state_and_can_stop_guidance_or_interrupt(pipe):
 
 def test_long_prompts_are_truncated_with_a_warning(pipe, caplog):
     with caplog.at_level(logging.WARNING):
-        embeds = pipe.encode_prompt(["one two three four five six seven eight nine ten"])
+        embeds, _ = pipe.encode_prompt(["one two three four five six seven eight nine ten"])
     assert embeds.shape == (1, 8, WIDTH) and "truncated" in caplog.text
 
 
@@ -244,6 +246,58 @@ def test_a_clip_text_encoder_works_too(tmp_path):
     scheduler = DDPMScheduler(num_train_timesteps=50)
     pipe = LatentCFGPipeline(vae, unet, scheduler, text_encoder_name_or_path=str(tmp_path / "clip"), max_text_length=8)
     assert type(pipe.text_encoder).__name__ == "CLIPTextModel"
-    assert not torch.equal(pipe.encode_prompt(["a thick seven"]), pipe.encode_prompt(["a thin one"]))
+    assert not torch.equal(pipe.encode_prompt("a thick seven")[0], pipe.encode_prompt("a thin one")[0])
     out = pipe("a thick seven", num_inference_steps=2, guidance_scale=3.0, output_type="np").images
     assert out.shape == (1, 8, 8, 1) and np.isfinite(out).all()
+
+
+# ----------------------------------------------------------------------- diffusers' text-pipeline conventions
+
+
+class RecordingProcessor(AttnProcessor2_0):
+    """diffusers' attention processor that records the `cross_attention_kwargs` it is handed."""
+
+    def __init__(self, seen: list):
+        super().__init__()
+        self.seen = seen
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, tag=None):
+        self.seen.append(tag)
+        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+
+def test_cross_attention_kwargs_reach_the_unet_and_are_a_property(pipe):
+    seen, during = [], []
+    pipe.unet.set_attn_processor(RecordingProcessor(seen))
+    callback = lambda p, i, t, x: during.append(p.cross_attention_kwargs) or x  # noqa: E731
+    with_tag = run(
+        pipe, prompt="a", guidance_scale=2.0, cross_attention_kwargs={"tag": 7}, callback_on_step_end=callback
+    )
+    assert seen and set(seen) == {7} and during == [{"tag": 7}] * 3
+    seen.clear()
+    assert torch.equal(with_tag, run(pipe, prompt="a", guidance_scale=2.0)) and set(seen) == {None}
+    assert pipe.cross_attention_kwargs is None
+
+
+def test_encode_prompt_has_diffusers_shape_and_works_with_a_text_encoder_alone(pipe):
+    params = list(inspect.signature(LatentCFGPipeline.encode_prompt).parameters)
+    assert params[:5] == ["self", "prompt", "device", "num_images_per_prompt", "do_classifier_free_guidance"]
+    text_only = LatentCFGPipeline(None, None, None, pipe.text_encoder, pipe.tokenizer, max_text_length=8)
+    embeds, negative = text_only.encode_prompt(["a", "b"], num_images_per_prompt=2, negative_prompt="thin")
+    assert embeds.shape == negative.shape == (4, 8, WIDTH)
+    assert torch.equal(embeds[1], embeds[0]) and not torch.equal(embeds[2], embeds[1])  # one row per image
+    assert torch.equal(negative[0], encode_text(pipe.text_encoder, pipe.tokenizer, ["thin"], 8)[0])
+    assert text_only.encode_prompt("a", do_classifier_free_guidance=False)[1] is None
+    from_embeds = run(pipe, prompt_embeds=embeds, negative_prompt_embeds=negative, guidance_scale=3.0)
+    from_text = run(pipe, prompt=["a", "b"], num_images_per_prompt=2, negative_prompt="thin", guidance_scale=3.0)
+    torch.testing.assert_close(from_embeds, from_text)
+
+
+def test_dtype_reaches_the_named_text_encoder(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path)
+    for kwargs in ({"torch_dtype": torch.bfloat16}, {"dtype": torch.bfloat16}):
+        loaded = LatentCFGPipeline.from_pretrained(tmp_path, **kwargs)
+        assert loaded.text_encoder.dtype == loaded.unet.dtype == torch.bfloat16
+        assert loaded.encode_prompt("a")[0].dtype == torch.bfloat16
+    pipe.to(torch.bfloat16)
+    assert pipe.text_encoder.dtype == torch.bfloat16

@@ -93,14 +93,21 @@ def switch_guidance_after(step: int, scale: float, seen: list | None = None):
 
 
 def test_callback_turns_guidance_off_mid_run(pipe):
+    """`pipe._guidance_scale = 0.0` from a callback is diffusers' "guidance off": the conditional prediction alone
+    from the next step (stored as 1.0), not the unconditional one; a call's guidance_scale=0 stays unconditional."""
     spy, seen = UNetSpy(pipe), []
     out = sample(pipe, guidance_scale=3.0, callback_on_step_end=switch_guidance_after(1, 0.0, seen))
-    # Steps 0-1 run both branches (2 conditional rows + 2 null rows), steps 2-3 only the null branch.
-    assert spy.calls == [[0, 2, 3, 3], [0, 2, 3, 3], [3, 3], [3, 3]]
-    assert seen == [(0, 3.0, STEPS, True), (1, 3.0, STEPS, True), (2, 0.0, STEPS, False), (3, 0.0, STEPS, False)]
+    # Steps 0-1 run both branches (2 conditional rows + 2 null rows), steps 2-3 only the conditional branch.
+    assert spy.calls == [[0, 2, 3, 3], [0, 2, 3, 3], [0, 2], [0, 2]]
+    assert seen == [(0, 3.0, STEPS, True), (1, 3.0, STEPS, True), (2, 1.0, STEPS, False), (3, 1.0, STEPS, False)]
     assert out.nfe_per_image == (2 + 2 + 1 + 1)
-    guided, uncond = sample(pipe, guidance_scale=3.0).images, sample(pipe, guidance_scale=0.0).images
-    assert not torch.allclose(out.images, guided) and not torch.allclose(out.images, uncond)
+    assert torch.equal(
+        out.images, sample(pipe, guidance_scale=3.0, callback_on_step_end=switch_guidance_after(1, 1.0)).images
+    )
+    spy.calls.clear()
+    unconditional = sample(pipe, guidance_scale=0.0, callback_on_step_end=switch_guidance_after(1, 0.0))
+    assert spy.calls == [[3, 3]] * STEPS  # w = 0 as a call's argument: the null class at every step
+    assert not torch.allclose(unconditional.images, out.images)
 
 
 def test_callback_scale_change_equals_a_guidance_interval(pipe):
@@ -230,5 +237,3 @@ def test_only_a_unet_loaded_by_the_pipeline_is_converted(pipe, tmp_path):
     mine = tiny_unet()
     given = ClassConditionalDDPMPipeline.from_pretrained(tmp_path, unet=mine)
     assert given.unet is mine and mine.conv_in.weight.is_contiguous()
-    with pytest.raises(ValueError, match="use_safetensors"):
-        ClassConditionalDDPMPipeline.from_pretrained(tmp_path, use_safetensors=False)

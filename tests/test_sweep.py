@@ -233,3 +233,75 @@ def test_sweep_rejects_bad_arguments_before_model_work(tmp_path, capsys, extra, 
     assert code == 2
     assert match in capsys.readouterr().err
     assert not list(out.glob("*.json"))
+
+
+# --- outputs: nothing existing is replaced without --overwrite (issue 19 item 4) -------------------------------
+
+
+def _no_model_work(monkeypatch):
+    import condiff.evaluation.sweep as sweep_module
+
+    def fail(*args, **kwargs):
+        raise AssertionError("model work before the output check")
+
+    monkeypatch.setattr(sweep_module, "load_pipeline", fail)
+    monkeypatch.setattr(sweep_module, "generate_samples", fail)
+
+
+def test_sweep_refuses_existing_outputs_before_sampling_and_leaves_them(tmp_path, capsys, monkeypatch):
+    _no_model_work(monkeypatch)
+    out = tmp_path / "published"
+    out.mkdir()
+    (out / "s_grid.png").write_bytes(b"published figure")
+    code = cli_main(["sweep", "--model", str(tmp_path / "missing"), "--out-dir", str(out), "--name", "s"])
+    err = capsys.readouterr().err
+    assert code == 2 and str(out / "s_grid.png") in err and "--overwrite" in err
+    assert (out / "s_grid.png").read_bytes() == b"published figure"
+    assert sorted(p.name for p in out.iterdir()) == ["s_grid.png"]
+
+
+def test_sweep_with_overwrite_replaces_existing_outputs(tiny_mnist_dir, tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "s.json").write_text("old")
+    argv = ["sweep", "--model", str(tiny_mnist_dir), "--device", "cpu", "--out-dir", str(out), "--name", "s"]
+    argv += ["--scales", "1", "--variant-scales", "--num-per-class", "2", "--steps", "2", "--overwrite"]
+    assert cli_main(argv) == 0
+    assert json.loads((out / "s.json").read_text())["settings"]["num_per_class"] == 2
+
+
+def test_sweep_default_output_folder_is_not_the_published_results():
+    from condiff.evaluation.cli_args import build_sweep_parser
+    from condiff.evaluation.sweep import main
+
+    assert build_sweep_parser().parse_args([]).out_dir == "condiff-sweep"
+    assert main.__defaults__[-1] == "condiff-sweep"
+
+
+def test_report_main_refuses_existing_outputs_before_running(tmp_path, capsys):
+    from condiff.evaluation.cli_args import report_parser
+    from condiff.evaluation.reports import report_main
+
+    (tmp_path / "r.md").write_text("published")
+    args = report_parser("a report", tmp_path, "r").parse_args([])
+
+    def run():
+        raise AssertionError("measured before the output check")
+
+    assert report_main(args, run, str, None) == 2
+    assert "r.md" in capsys.readouterr().err and (tmp_path / "r.md").read_text() == "published"
+
+
+def test_classifier_guidance_benchmark_refuses_existing_outputs_before_loading(tmp_path, capsys, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import classifier_guidance
+
+    monkeypatch.setattr(classifier_guidance, "load_pipes", lambda args: pytest.fail("loaded before the check"))
+    (tmp_path / "cg_sweep.png").write_bytes(b"figure")
+    argv = ["--part", "sweep", "--out-dir", str(tmp_path), "--name", "cg_sweep"]
+    assert classifier_guidance.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "cg_sweep.png" in err and "--overwrite" in err and (tmp_path / "cg_sweep.png").read_bytes() == b"figure"

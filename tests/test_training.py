@@ -138,10 +138,15 @@ def test_outputs_model_card_and_hub_staging(tmp_path, monkeypatch):
         uploaded["ignore"] = kw["ignore_patterns"]
         return "ok"
 
-    # Pushing names the Hub id in the card instead.
+    # Pushing names the Hub id in the card instead (a new run into the same folder: --overwrite_output_dir).
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(HubUploadError):
-        train(tiny_args(tmp_path, "--max_train_steps", "1", "--push_to_hub", "--hub_model_id", "someone/tiny-id"))
+        train(
+            tiny_args(
+                tmp_path, "--max_train_steps", "1", "--push_to_hub", "--hub_model_id", "someone/tiny-id",
+                "--overwrite_output_dir",
+            )
+        )  # fmt: skip
     assert 'from_pretrained("someone/tiny-id")' in (out / "README.md").read_text()
     monkeypatch.setattr("condiff.hub.create_repo", lambda *a, **k: None)
     monkeypatch.setattr("condiff.hub.upload_folder", fake_upload_folder)
@@ -149,7 +154,7 @@ def test_outputs_model_card_and_hub_staging(tmp_path, monkeypatch):
     for name in ("pipeline.py", "guidance.py", "labels.py", "README.md", "model_index.json"):
         assert name in uploaded["files"]
     assert "checkpoint-*" in uploaded["ignore"]
-    assert (out / "pipeline.py").read_text() == (REPO / "pipelines" / "class_conditional.py").read_text()
+    assert (out / "class_conditional.py").read_text() == (REPO / "pipelines" / "class_conditional.py").read_text()
 
 
 def test_push_to_unreachable_hub_keeps_local_results(tmp_path, monkeypatch):
@@ -239,11 +244,11 @@ def test_bf16_gradient_accumulation_and_tensorboard(tmp_path):
     """bf16 autocast on CPU, 2 micro-batches per update, and the validation grid logged to TensorBoard."""
     args = tiny_args(
         tmp_path, "--mixed_precision", "bf16", "--gradient_accumulation_steps", "2", "--max_train_steps", "3",
-        "--validation_steps", "3", "--report_to", "tensorboard",
+        "--validation_steps", "2", "--report_to", "tensorboard",
     )  # fmt: skip
     out = train(args)
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["global_step"] == 3 and np.isfinite(summary["final_loss"])
-    assert (out / "samples" / "step-0000003.png").is_file()
+    assert (out / "samples" / "step-0000002.png").is_file()  # the last step is not validated: final.png shows it
     events = list((out / "logs").rglob("events.out.tfevents.*"))
     assert events and sum(e.stat().st_size for e in events) > 1000  # scalars and the validation image

@@ -2,7 +2,8 @@
 class-conditional) diffusion model saved by `scripts/train_unconditional.py` (or `train_cfg.py`) and a noise-aware
 classifier saved by `scripts/train_classifier.py`. The two trainings are independent tasks on the engine; this step
 only checks that they fit, copies their weights into one pipeline folder with the Hub-loadable code, and writes the
-model card that links both trainings. `scripts/assemble_classifier_guided.py` is the command line.
+model card that links both trainings. `condiff assemble-classifier-guided` is the command line
+(`scripts/assemble_classifier_guided.py` a wrapper).
 """
 
 from __future__ import annotations
@@ -61,9 +62,8 @@ def assemble(args: argparse.Namespace) -> Path:
     from condiff.files import replace_files
     from condiff.hub import stage_pipeline_code, write_model_card
 
+    check_args(args)
     out = Path(args.output_dir)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise ValueError(f"--output_dir {out} exists and is not empty; pass --overwrite to replace its files")
     config = {
         "default_classifier_scale": args.classifier_scale,
         "default_num_inference_steps": args.num_inference_steps,
@@ -109,8 +109,11 @@ def card_fields(pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The assembler's flags (argparse and the standard library only: `--help` answers at once)."""
+    p = argparse.ArgumentParser(
+        prog=prog, description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--diffusion_model", required=True, help="saved diffusion pipeline folder (DDPMPipeline or CFG)")
     p.add_argument("--classifier", required=True, help="saved NoiseAwareClassifier folder")
     p.add_argument("--output_dir", required=True)
@@ -118,20 +121,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier_scale", type=float_in(0.0), default=1.0, help="the pipeline's default scale")
     p.add_argument("--num_inference_steps", type=int_in(1, 1000), default=50, help="the pipeline's default steps")
     p.add_argument("--results", default=None, help="a Markdown file of measured results for the model card")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of a non-empty --output_dir")
     return p
 
 
-def main(argv: list[str] | None = None) -> Path:
+def check_args(args: argparse.Namespace) -> None:
+    """Everything that needs no model: both parts are folders, --output_dir is not a non-empty folder (without
+    --overwrite), --results is a file; nothing is created here."""
+    for flag in ("diffusion_model", "classifier"):
+        if not Path(getattr(args, flag)).is_dir():
+            raise ValueError(f"--{flag} {getattr(args, flag)!r} is not a folder")
+    out = Path(args.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output_dir {out} is a file, not a folder")
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise ValueError(f"--output_dir {out} exists and is not empty; pass --overwrite to replace its files")
+    if args.results and not Path(args.results).is_file():
+        raise ValueError(f"--results {args.results!r} is not a file")
+
+
+def main(argv: list[str] | None = None, prog: str = "condiff assemble-classifier-guided") -> Path:
+    """Parse `argv` (default: sys.argv), check it, assemble, print and return the folder; bad input: ValueError."""
     import shlex
     import sys
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
-    args.command = "python scripts/assemble_classifier_guided.py " + shlex.join(argv)
-    for flag in ("diffusion_model", "classifier"):
-        if not Path(getattr(args, flag)).is_dir():
-            raise SystemExit(f"error: --{flag} {getattr(args, flag)!r} is not a folder")
+    args = build_parser(prog).parse_args(argv)
+    args.command = f"{prog} {shlex.join(argv)}"
     out = assemble(args)
     print(f"wrote {out}")
     return out

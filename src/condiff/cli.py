@@ -1,8 +1,9 @@
 """The `condiff` command: generate images from the shipped (or any saved) model, evaluate a pipeline, sweep the
-guidance scale, train a task (`condiff train cfg ...`).
+guidance scale, train a task (`condiff train cfg ...`), assemble a classifier-guided folder from two trained parts.
 
-Arguments are parsed and output paths checked before torch, diffusers or PIL is imported, so `--help` and bad
-arguments are answered at once; `train` hands its arguments to `condiff.train` (`condiff train cfg --help`).
+Arguments are parsed and checked before torch, diffusers or PIL is imported: output paths, the pipeline kind that
+`--model`'s model_index.json names, `--label` against the folder's classes, optional modules; so `--help` and bad
+arguments are answered at once. `train` and `assemble-classifier-guided` parse their own arguments.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
-import json
 import math
 import sys
 from collections.abc import Callable, Iterator
@@ -20,25 +20,8 @@ from typing import Any
 from condiff import __version__
 from condiff.argtypes import check_output_file, float_in, int_in
 from condiff.evaluation.cli_args import add_sweep_arguments
-from condiff.options import IMAGE_SUFFIXES, PIPELINES, SAMPLERS
-
-EVALUATOR_SCOPE = (
-    "condiff evaluate scores 10-class, 1-channel 28x28 models (MNIST-like digits, judged by the shipped MNIST "
-    "classifier)"
-)
-# evaluate_pipeline's keys -> the report's self-describing ones (which floor each Frechet ratio divides by)
-REPORT_KEYS = {
-    "floor": "floor_all_train_rows",
-    "fd_ratio": "fd_over_floor_all_train_rows",
-    "floor_matched": "floor_same_n",
-    "fd_ratio_matched": "fd_over_floor_same_n",
-}
-REPORT_NOTES = {
-    "frechet_distance": "evaluator features of the generated samples vs the MNIST test split",
-    "floor_all_train_rows": "real vs real: all MNIST train rows vs the test split",
-    "floor_same_n": "real vs real: train subsets of num_samples rows vs the test split (mean of 5 draws); "
-    "the fair floor for num_samples generated images (small samples inflate the Frechet distance)",
-}
+from condiff.loading import folder_pipeline, label_space
+from condiff.options import EXTRAS, IMAGE_SUFFIXES, PIPELINE_MODULES, PIPELINES, SAMPLERS
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -108,7 +91,7 @@ def resolve_pipeline(args: argparse.Namespace) -> str:
         if getattr(args, "label", None) is not None:
             raise ValueError("--label does not apply to --pipeline latent (a text-to-image model): use --prompt")
         if not prompt and args.command == "generate":
-            raise ValueError('--pipeline latent needs --prompt, e.g. --prompt "a thick seven"')
+            raise ValueError('a text-to-image model (--pipeline latent) needs --prompt, e.g. --prompt "a thick seven"')
     elif prompt or negative:
         raise ValueError(f"--prompt and --negative-prompt need --pipeline latent, not {pipeline}")
     args.pipeline = pipeline
@@ -118,12 +101,7 @@ def resolve_pipeline(args: argparse.Namespace) -> str:
 def guidance_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The pipeline's guidance arguments from the command line; options of the other pipeline kind are refused."""
     resolve_pipeline(args)
-    if args.pipeline == "latent":
-        given = [flag for flag, value in CG_ONLY.items() if getattr(args, value) is not None]
-        if given:
-            raise ValueError(f"{given[0]} needs --pipeline classifier-guided")
-        return {} if args.guidance_scale is None else {"guidance_scale": args.guidance_scale}
-    if args.pipeline == "class-conditional":
+    if args.pipeline != "classifier-guided":
         given = [flag for flag, value in CG_ONLY.items() if getattr(args, value) is not None]
         if given:
             raise ValueError(f"{given[0]} needs --pipeline classifier-guided")
@@ -135,9 +113,50 @@ def guidance_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 CG_ONLY = {"--classifier-scale": "classifier_scale", "--guidance-method": "guidance_method"}
 
 
+def missing_module_message(module: str, what: str) -> str:
+    """One line naming the extra that installs an optional module."""
+    return f'{what} needs {module}, which is not installed: pip install "condiff[{EXTRAS[module]}]"'
+
+
+def check_labels(label: int | str | list | None, space: tuple[int | None, dict[int, str]] | None) -> None:
+    """Refuse a --label that the folder's classes (`loading.label_space`) do not include, before loading it (in the
+    pipelines' own words, `pipelines/labels.py`, which needs torch)."""
+    if label is None or space is None:
+        return
+    num_classes, id2label = space
+    names = {name.lower() for name in id2label.values()}
+    for value in label if isinstance(label, list) else [label]:
+        if isinstance(value, int) and num_classes is not None and not 0 <= value < num_classes:
+            raise ValueError(f"--label: label must be in 0..{num_classes - 1}, got {value}")
+        if isinstance(value, str) and value.strip().lower() not in names:
+            allowed = ", ".join(repr(n) for n in id2label.values()) or "none (this model has no id2label: give ids)"
+            shown = repr(value) if len(repr(value)) <= 80 else f"{repr(value)[:60]}...<{len(repr(value))} characters>"
+            raise ValueError(f"--label: label {shown} is not a class name; allowed names: {allowed}")
+
+
+def prepare(args: argparse.Namespace) -> dict[str, Any]:
+    """Every check that needs no model, in one place before loading: the pipeline kind (--model's model_index.json,
+    --pipeline, --prompt; contradictions refused), options of other kinds, --label against the folder's classes,
+    optional modules (a missing one named with its extra). Returns the pipeline's guidance arguments."""
+    prompt = getattr(args, "prompt", None)
+    requested = args.pipeline or ("latent" if prompt else None)
+    source = f"--pipeline {args.pipeline}" if args.pipeline else "--prompt (a text-to-image model)"
+    args.pipeline = folder_pipeline(args.model, requested, source)
+    guidance = guidance_kwargs(args)
+    if getattr(args, "label", None) is not None:
+        check_labels(parse_label(args.label), label_space(args.model, args.pipeline))
+    if getattr(args, "attributes", 0) and args.pipeline != "latent":
+        raise ValueError(f"--attributes needs a text-to-image model (--pipeline latent), not {args.pipeline}")
+    for module in PIPELINE_MODULES.get(args.pipeline, ()):
+        if importlib.util.find_spec(module) is None:
+            raise ValueError(missing_module_message(module, f"--pipeline {args.pipeline}"))
+    return guidance
+
+
 def generate(args: argparse.Namespace) -> Path:
     """`condiff generate`: --num-images per label; one grid row per label when several are given."""
     out = check_output_file(args.out, "--out", IMAGE_SUFFIXES, args.overwrite)
+    guidance = prepare(args)
     import io
 
     import torch
@@ -146,7 +165,6 @@ def generate(args: argparse.Namespace) -> Path:
     from condiff.files import atomic_write_bytes
     from condiff.loading import load_pipeline
 
-    guidance = guidance_kwargs(args)
     pipe = load_pipeline(args.model, args.scheduler, pipeline=args.pipeline)
     pipe.set_progress_bar_config(disable=args.quiet)
     kwargs = {} if args.steps is None else {"num_inference_steps": args.steps}
@@ -171,65 +189,21 @@ def generate(args: argparse.Namespace) -> Path:
     return out
 
 
-def evaluable_or_raise(pipe: Any, model: str | None) -> None:
-    """Refuse, before sampling, a model the MNIST evaluator cannot score."""
-    from condiff.evaluation.sampling import can_evaluate
-    from condiff.pipelines.checks import unet_sample_size
-
-    if not can_evaluate(pipe):
-        cfg = pipe.unet.config
-        height, width = unet_sample_size(cfg)
-        shape = f"{pipe.num_classes}-class, {cfg.in_channels}-channel {height}x{width}"
-        raise ValueError(f"{EVALUATOR_SCOPE}; --model {model or 'shipped'!r} is a {shape} model")
-
-
-def labelled_report(result: dict[str, Any], model: str | None) -> dict[str, Any]:
-    """evaluate_pipeline's result with each Frechet floor and ratio named after its floor, and notes."""
-    report = {"model": model or "shipped"}
-    report |= {REPORT_KEYS.get(key, key): value for key, value in result.items()}
-    report["notes"] = REPORT_NOTES
-    return report
-
-
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    """`condiff evaluate`: accuracy and Frechet distance of generated samples, as JSON."""
+    """`condiff evaluate`: accuracy and Frechet distance of generated samples, as JSON
+    (`condiff.evaluation.evaluate_command`)."""
     if args.out:
         check_output_file(args.out, "--out", (".json",), args.overwrite)
-    from condiff.evaluation import evaluate_pipeline
-    from condiff.evaluation.sampling import default_num_inference_steps
-    from condiff.files import atomic_write_text
-    from condiff.loading import load_pipeline
+    guidance = prepare(args)
+    from condiff.evaluation.evaluate_command import run_from_args
 
-    guidance = guidance_kwargs(args)
-    if args.pipeline == "latent":
-        raise ValueError(
-            "condiff evaluate scores label-conditioned pipelines; for --pipeline latent (text prompts) "
-            "run `python benchmarks/latent_cfg.py --model <folder>`"
-        )
-    pipe = load_pipeline(args.model, args.scheduler, pipeline=args.pipeline)
-    evaluable_or_raise(pipe, args.model)
-    pipe.set_progress_bar_config(disable=True)
-    result = evaluate_pipeline(
-        pipe,
-        num_per_class=args.num_per_class,
-        num_inference_steps=args.steps if args.steps is not None else default_num_inference_steps(pipe),
-        seed=args.seed,
-        **guidance,
-    )
-    report = labelled_report(result, args.model) | {"pipeline": args.pipeline}
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        atomic_write_text(args.out, text + "\n")
-    return report
+    return run_from_args(args, guidance)
 
 
 def sweep(args: argparse.Namespace) -> None:
     """`condiff sweep`: the guidance sweep (`condiff.evaluation.sweep`); matplotlib is checked first."""
     if importlib.util.find_spec("matplotlib") is None:  # before any model work, not after the whole sweep
-        raise ValueError(
-            'condiff sweep plots its results with matplotlib, which is not installed: pip install "condiff[plots]"'
-        )
+        raise ValueError(missing_module_message("matplotlib", "condiff sweep (its plot)"))
     from condiff.evaluation.sweep import run_from_args
 
     run_from_args(args)
@@ -243,8 +217,19 @@ def train(argv: list[str]) -> int:
     return 0
 
 
+def assemble_classifier_guided(argv: list[str]) -> int:
+    """`condiff assemble-classifier-guided ...` (`condiff.assemble`, which parses its own flags)."""
+    from condiff.assemble import main as assemble_main
+
+    assemble_main(argv, prog="condiff assemble-classifier-guided")
+    return 0
+
+
 # Commands that parse their own arguments: main() hands them everything after the command name.
-FORWARDED: dict[str, Callable[[list[str]], int]] = {"train": train}
+FORWARDED: dict[str, Callable[[list[str]], int]] = {
+    "train": train,
+    "assemble-classifier-guided": assemble_classifier_guided,
+}
 
 
 def add_model_arguments(s: argparse.ArgumentParser) -> None:
@@ -326,6 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(e)
     e.add_argument("--num-per-class", type=int_in(1, 65536), default=100, help="images generated per class")
     e.add_argument("--out", default=None, help="also write the metrics as JSON here")
+    e.add_argument(
+        "--attributes",
+        type=int_in(0, 65536),
+        default=0,
+        help="text models: also measure attribute control (thick vs thin, slant, negative prompts) with this many "
+        "images per digit and word (default: 0, off)",
+    )
     e.set_defaults(func=evaluate)
     w = sub.add_parser(
         "sweep",
@@ -337,6 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep_arguments(w)
     w.set_defaults(func=sweep, quiet=False)
     sub.add_parser("train", add_help=False, help="train a task: condiff train cfg --output_dir DIR (flags: --help)")
+    sub.add_parser(
+        "assemble-classifier-guided",
+        add_help=False,
+        help="a classifier-guided pipeline folder from a trained diffusion model and a noise-aware classifier "
+        "(flags: --help)",
+    )
     return p
 
 
@@ -352,6 +350,12 @@ def main(argv: list[str] | None = None) -> int:
             args.func(args)
     except (ValueError, TypeError, OSError) as err:  # OSError: a model folder that is missing or not safetensors
         print(f"condiff {command}: error: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:  # an optional dependency that a check above did not foresee
+        module = (err.name or "").split(".")[0]
+        if module not in EXTRAS:
+            raise
+        print(f"condiff {command}: error: {missing_module_message(module, f'condiff {command}')}", file=sys.stderr)
         return 2
     return 0
 

@@ -104,8 +104,17 @@ DPM_SOLVER_SETTINGS = {
 }
 
 
+# DDPM's `variance_type` values. Other schedulers' configs carry a `variance_type` of their own meaning (DPM-Solver:
+# None = the model predicts no variance), which a DDPM made from them would inherit as None.
+DDPM_VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
+
+
 def scheduler_for(name: str, config) -> SchedulerMixin:
-    """A diffusers scheduler by short name ("ddim", "dpm++2m", ...) built from another scheduler's config."""
+    """A diffusers scheduler by short name ("ddim", "dpm++2m", ...) built from another scheduler's config.
+
+    "ddpm" always gets an explicit DDPM variance: "fixed_small" (the posterior variance, diffusers' default) unless the
+    config names one, so the folder it is saved into says it supports classifier guidance's mean shift.
+    """
     import diffusers
 
     if name not in SAMPLERS:
@@ -113,6 +122,8 @@ def scheduler_for(name: str, config) -> SchedulerMixin:
     extra = DPM_SOLVER_SETTINGS if name == "dpm++2m" else {}
     if extra and not config.get("clip_sample", True):  # unbounded data (latents): x0 must not be clipped to [-1, 1]
         extra = extra | {"thresholding": False}
+    if name == "ddpm" and config.get("variance_type") not in DDPM_VARIANCE_TYPES:
+        extra = {"variance_type": "fixed_small"}
     return getattr(diffusers, SAMPLERS[name]).from_config(config, **extra)
 
 

@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from condiff.engine.args import add_engine_arguments, command_line
+from condiff.engine.args import DefaultsHelpFormatter, add_engine_arguments, command_line
 from condiff.tasks import TASKS
 
 
@@ -27,7 +27,7 @@ def build_parser(task: type) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=f"condiff train {task.name}",
         description=task.description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     task.add_arguments(p)
     add_engine_arguments(p)

@@ -9,6 +9,7 @@ import contextlib
 import io
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -296,10 +297,22 @@ def test_cli_rejects_bad_labels_models_and_paths(argv, match, model_dir, tmp_pat
     assert len(err) < 2_000
 
 
-def test_cli_refuses_pickle_weights(tmp_path):
+def test_cli_refuses_pickle_weights_that_run_code(tmp_path):
+    """A .bin whose unpickling would run code is refused, naming the file; nothing runs (plain .bin folders load:
+    tests/test_cli_model_folders.py)."""
+    import pickle
+
     PIPE.save_pretrained(tmp_path / "bin", safe_serialization=False)
+    marker = tmp_path / "ran.txt"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.write_text, (marker, "code ran"))
+
+    (tmp_path / "bin" / "unet" / "diffusion_pytorch_model.bin").write_bytes(pickle.dumps({"x": Payload()}))
     code, _, err = run_cli(["generate", "--model", str(tmp_path / "bin"), "--out", str(tmp_path / "g.png")])
-    assert code == 2 and "diffusion_pytorch_model.safetensors" in err
+    assert code == 2 and "diffusion_pytorch_model.bin" in err, err
+    assert not marker.exists() and not (tmp_path / "g.png").exists()
 
 
 @settings(max_examples=8, deadline=None, database=None)

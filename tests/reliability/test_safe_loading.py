@@ -1,4 +1,5 @@
-"""Safe loading: weights only from safetensors, `torch.load` only with weights_only=True (also inside Accelerate's
+"""Safe loading: condiff's own loaders take weights only from safetensors, the pipelines load as diffusers does (a
+`.bin` only through the weights-only unpickler), `torch.load` only with weights_only=True (also inside Accelerate's
 resume), corrupt / truncated safetensors give errors naming the file, and no remote code runs without
 trust_remote_code=True."""
 
@@ -18,7 +19,9 @@ from condiff import ClassConditionalDDPMPipeline
 from condiff.engine.checkpoints import CheckpointError, checkpoint_problem, load_ema
 
 CODE_DIRS = ("src", "pipelines", "scripts", "benchmarks")
-WEIGHT_LOADING_DIRS = ("src", "pipelines", "scripts")
+# condiff's own loaders (CLI, training, evaluation) take safetensors only; the pipelines in pipelines/ load as
+# diffusers does (a .bin only through torch's weights-only unpickler: tests/test_loading_weights.py)
+WEIGHT_LOADING_DIRS = ("src", "scripts")
 
 
 def tracked_python_files(dirs) -> list[Path]:
@@ -58,11 +61,25 @@ def test_no_pickle_loading_paths_in_the_code():
 def test_library_weight_loading_refuses_non_safetensors():
     problems = []
     for path in tracked_python_files(WEIGHT_LOADING_DIRS):
+        if "assets" in path.relative_to(REPO).parts:  # staged copies of pipelines/ (checked below)
+            continue
         for line, owner, name, kw in calls(path):
             if owner.endswith(("Tokenizer", "Config")):  # tokenizers and configs hold no weights
                 continue
+            if owner == "pipeline_class":  # condiff's pipelines: a .bin only weights-only (test_loading_weights.py)
+                continue
             if name == "from_pretrained" and kw.get("use_safetensors") != "True":
                 problems.append(f"{path.relative_to(REPO)}:{line}: from_pretrained without use_safetensors=True")
+    assert not problems, "\n".join(problems)
+
+
+def test_pipelines_never_ask_for_unsafe_unpickling():
+    problems = []
+    for path in tracked_python_files(("pipelines",)):
+        for line, _, name, kw in calls(path):
+            unsafe = {k: v for k, v in kw.items() if (k, v) in {("use_safetensors", "False"), ("allow_pickle", "True")}}
+            if unsafe or kw.get("weights_only") == "False":
+                problems.append(f"{path.relative_to(REPO)}:{line}: {name} with {unsafe or kw}")
     assert not problems, "\n".join(problems)
 
 

@@ -6,6 +6,7 @@ Light on purpose (argparse only): `--help` and bad flags are answered before tor
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 
 from condiff.argtypes import int_problem, real_problem
@@ -32,6 +33,27 @@ def require_real(name: str, value, low: float, high: float = math.inf, open_low:
 def require_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ValueError(f"--{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" for every option, also those without help text (argparse's own formatter shows it only
+    for options with help); not when the help already states it, the default is None or the flag is a switch."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and action.option_strings and self._shows_default(action):
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return super()._get_help_string(action) if self._shows_default(action) else action.help
+
+    @staticmethod
+    def _shows_default(action: argparse.Action) -> bool:
+        default = action.default
+        switch = default is False and not isinstance(action, argparse.BooleanOptionalAction)  # a store_true flag
+        none = default is None or default is argparse.SUPPRESS or switch
+        return not none and "default" not in (action.help or "") and action.help is not argparse.SUPPRESS
 
 
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
@@ -70,6 +92,12 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     )
     g = p.add_argument_group("outputs (engine)")
     g.add_argument("--output_dir", required=True)
+    g.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="train into a folder holding an earlier run (a finished model or checkpoints, without resuming it): "
+        "its checkpoints and outputs are deleted first. Without it such a folder is refused",
+    )
     g.add_argument("--logging_dir", default="logs", help="relative to --output_dir")
     g.add_argument("--report_to", default="tensorboard", help='"tensorboard", "wandb", "all" or "none"')
     g.add_argument("--checkpointing_steps", type=int, default=500)

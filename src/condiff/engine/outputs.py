@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from condiff.engine.checkpoints import TMP_PIPELINE_PREFIX
+from condiff.engine.output_dir import OUTPUT_FILES_KEY
 from condiff.files import atomic_write_text, describe_write_error, replace_files
 
 SECRET_ARGS = ("hub_token",)
@@ -31,8 +32,6 @@ def save_outputs(trainer, summary: dict) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PIPELINE_PREFIX, dir=output_dir))
     try:
         export = trainer.task.export(trainer.averaged_modules(), tmp)
-        record = summary | {"command": trainer.command or None}  # what reproduces this run, for tools downstream
-        atomic_write_text(tmp / "training_summary.json", json.dumps(record, indent=2))
         public = {k: v for k, v in vars(args).items() if k not in SECRET_ARGS}
         atomic_write_text(tmp / "training_args.json", json.dumps(public, indent=2, default=str))
         # The card names where the model will be found: the Hub id when pushing, else the real output folder
@@ -46,6 +45,11 @@ def save_outputs(trainer, summary: dict) -> None:
             "command": trainer.command or "(not recorded)",
         }
         write_model_card(tmp, export, common, datasets=getattr(args, "dataset_name", None))
+        # What reproduces this run (for tools downstream) and every file this save writes (--overwrite_output_dir
+        # removes exactly those); written last, so it lists itself too.
+        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+        record = summary | {"command": trainer.command or None, OUTPUT_FILES_KEY: [*files, "training_summary.json"]}
+        atomic_write_text(tmp / "training_summary.json", json.dumps(record, indent=2))
         replace_files(tmp, output_dir)
     except Exception as err:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -62,6 +62,10 @@ class Task:
     def check_args(self) -> None:
         """Raise ValueError naming the flag for a bad task flag (called before any data or model work)."""
 
+    def plan(self, total_steps: int) -> None:
+        """Called once the run's length (optimizer steps, resumed ones included) is known, before training: settle
+        settings that depend on it (e.g. a validation grid sized to the run)."""
+
     def dataset(self) -> Any:
         """The training data: anything a torch DataLoader takes (len and indexing)."""
         raise NotImplementedError
@@ -82,7 +86,9 @@ class Task:
         """Called after every optimizer update (and the EMA step), e.g. to move a `tracked` target network."""
 
     def validate(self, modules: Modules, step: int, output_dir: Path) -> dict[str, Any]:
-        """Validation on the averaged weights: scalars and PIL images to log (images also saved by the task)."""
+        """Validation on the averaged weights: scalars and PIL images to log (images also saved by the task).
+
+        Called every `--validation_steps` steps except the last: `export` measures the final weights itself."""
         return {}
 
     def export(self, modules: Modules, folder: Path) -> Export:

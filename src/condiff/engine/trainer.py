@@ -36,6 +36,7 @@ from condiff.engine.distributed import (
     process_cpu_seconds,
 )
 from condiff.engine.ema import make_ema
+from condiff.engine.output_dir import check_output_dir, clear_earlier_run
 from condiff.engine.outputs import log_validation, push_outputs, save_outputs
 from condiff.engine.resume import resume
 from condiff.engine.signals import StopRequest, TrainingInterrupted
@@ -46,6 +47,17 @@ logger = get_logger(__name__)
 
 class NonFiniteLossError(RuntimeError):
     """The loss or gradient norm became NaN or inf; the message names the step and the checkpoint left intact."""
+
+
+def warmup_warning(warmup_steps: int, total_steps: int, schedule: str, learning_rate: float) -> str | None:
+    """The one-line warning for a warm-up as long as the run (the learning rate never reaches its peak), or None."""
+    if schedule == "constant" or warmup_steps < total_steps:
+        return None
+    return (
+        f"--lr_warmup_steps {warmup_steps} is >= the run's {total_steps} steps: the learning rate never leaves "
+        f"the warm-up (at most {learning_rate * (total_steps - 1) / warmup_steps:.3g}, not --learning_rate "
+        f"{learning_rate:g}); lower --lr_warmup_steps for a run this short"
+    )
 
 
 class Trainer:
@@ -63,6 +75,7 @@ class Trainer:
         """Train; raises ValueError, NonFiniteLossError, CheckpointError, OutputWriteError or TrainingInterrupted."""
         check_engine_args(self.args)
         self.task.check_args()
+        check_output_dir(self.args)  # after the flags, before any data, model or write
         threads = cpu_threads_for(self.args.num_threads)
         if threads:
             torch.set_num_threads(threads)
@@ -70,7 +83,10 @@ class Trainer:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
         set_seed(self.args.seed)
         if self.accelerator.is_main_process:
+            if getattr(self.args, "overwrite_output_dir", False):  # absent from namespaces built in code
+                clear_earlier_run(self.output_dir, self.args.logging_dir)
             clean_stale_temporaries(self.output_dir)
+        self.accelerator.wait_for_everyone()  # no rank lists checkpoints before the main one has cleared them
         self._prepare()
         resumed_from = resume(self)
         start = time.perf_counter()
@@ -117,6 +133,10 @@ class Trainer:
         self.updates_per_epoch = math.ceil(len(dataloader) / acc.num_processes / args.gradient_accumulation_steps)
         self.max_train_steps = args.max_train_steps or args.num_epochs * self.updates_per_epoch
         self.num_epochs = math.ceil(self.max_train_steps / self.updates_per_epoch)
+        self.task.plan(self.max_train_steps)
+        warning = warmup_warning(args.lr_warmup_steps, self.max_train_steps, args.lr_scheduler, args.learning_rate)
+        if warning:
+            logger.warning(warning, main_process_only=True)
         lr_scheduler = get_scheduler(
             args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps, num_training_steps=self.max_train_steps
         )
@@ -239,7 +259,9 @@ class Trainer:
         if signum:
             saved = self.output_dir / f"checkpoint-{self.last_saved}" if self.last_saved is not None else None
             return TrainingInterrupted(signum, self.global_step, saved)
-        if self.global_step % args.validation_steps == 0 and acc.is_main_process:
+        # Not at the last step: the export renders (or measures) the same averaged weights right after.
+        last = self.global_step >= self.max_train_steps
+        if self.global_step % args.validation_steps == 0 and not last and acc.is_main_process:
             log_validation(self, self.task.validate(self.averaged_modules(), self.global_step, self.output_dir))
         return None
 

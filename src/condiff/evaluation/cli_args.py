@@ -8,6 +8,7 @@ any model code is imported.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ __all__ = [
     "apply_quick",
     "check_name",
     "check_out_dir",
+    "check_new_outputs",
+    "DEFAULT_SWEEP_OUT_DIR",
     "add_sweep_arguments",
     "build_sweep_parser",
 ]
@@ -35,6 +38,8 @@ DEFAULT_RESCALES = (0.7,)  # Lin et al. (2023) recommend 0.7
 # timesteps is roughly their sigma range (0.28, 2.9] on the cosine schedule. A starting point, not a tuned value.
 DEFAULT_INTERVALS = ((0.2, 0.8),)
 FULL_INTERVAL = (0.0, 1.0)
+# `condiff sweep` writes into the current folder by default, never into the published benchmarks/results/.
+DEFAULT_SWEEP_OUT_DIR = "condiff-sweep"
 
 
 def check_name(name: str) -> str:
@@ -42,6 +47,22 @@ def check_name(name: str) -> str:
     if not name or any(c in name for c in "/\\") or name.startswith("."):
         raise ValueError(f"--name must be a plain file stem (no folders), got {name!r}")
     return name
+
+
+def check_new_outputs(paths: Iterable[str | Path], overwrite: bool) -> list[Path]:
+    """Refuse, before any model work, outputs that already exist (a run replaces only files it creates, unless
+    `--overwrite`) or that are folders; return the paths."""
+    paths = [Path(p) for p in paths]
+    folders = [str(p) for p in paths if p.is_dir()]
+    if folders:
+        raise ValueError(f"output path(s) {', '.join(folders)} are folders; choose another --out-dir or --name")
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise ValueError(
+            f"output file(s) {', '.join(existing)} already exist; pass --overwrite to replace them, "
+            "or choose another --out-dir or --name"
+        )
+    return paths
 
 
 def check_out_dir(path: str | Path) -> Path:
@@ -64,6 +85,7 @@ def add_common_arguments(
     )
     p.add_argument("--name", default=default_name, help="file stem of the outputs")
     p.add_argument("--quick", action="store_true", help="tiny settings (a smoke run, not a measurement)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files (without it: refuse)")
 
 
 def report_parser(
@@ -90,7 +112,7 @@ def _interval(text: str) -> tuple[float, float]:
     return lo, hi
 
 
-def add_sweep_arguments(p: argparse.ArgumentParser, default_out_dir: str | Path = "benchmarks/results") -> None:
+def add_sweep_arguments(p: argparse.ArgumentParser, default_out_dir: str | Path = DEFAULT_SWEEP_OUT_DIR) -> None:
     """The sweep's options (shared by `condiff sweep`, `scripts/sweep.py` and `benchmarks/guidance_sweep.py`)."""
     add_common_arguments(p, default_out_dir, "guidance_sweep")
     p.add_argument("--scheduler", choices=sorted(SAMPLERS), default=None, help="default: the pipeline's own")
@@ -112,7 +134,7 @@ def add_sweep_arguments(p: argparse.ArgumentParser, default_out_dir: str | Path 
     )
 
 
-def build_sweep_parser(default_out_dir: str | Path = "benchmarks/results") -> argparse.ArgumentParser:
+def build_sweep_parser(default_out_dir: str | Path = DEFAULT_SWEEP_OUT_DIR) -> argparse.ArgumentParser:
     """The parser of `scripts/sweep.py` and `benchmarks/guidance_sweep.py`."""
     p = argparse.ArgumentParser(
         description="Guidance sweep: accuracy, Frechet distance, diversity, NFE and speed for each guidance scale."

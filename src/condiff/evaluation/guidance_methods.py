@@ -68,6 +68,8 @@ def run_settings(
             scores = score_samples(samples, classifier)
             row = {"name": s.name, "group": s.group, "pipeline": s.pipeline, "scale": s.scale_label}
             row |= {"sampler": type(pipe.scheduler).__name__, "steps": s.steps, **s.kwargs}
+            if hasattr(pipe, "default_guidance_method"):  # classifier guidance: the method that ran, given or not
+                row["guidance_method"] = s.kwargs.get("guidance_method") or pipe.default_guidance_method()
             row |= timing_fields(samples) | metric_fields(scores) | {"diversity": scores.get("diversity")}
             rows.append(row)
             log(f"[{i + 1}/{len(settings)}] {_row_line(row)}")

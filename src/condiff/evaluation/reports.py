@@ -151,10 +151,12 @@ def report_main(
     """The body of a report's `main`: check `--out-dir` and `--name`, `run()` (checks, model loading, the
     measurement), stamp `--model`/`--quick` into the settings and `publish`. A bad argument or a model that cannot
     be loaded prints `error: ...` and returns 2; success returns 0."""
-    from condiff.evaluation.cli_args import check_name, check_out_dir
+    from condiff.evaluation.cli_args import check_name, check_new_outputs, check_out_dir
 
     try:
-        out_dir, name = check_out_dir(args.out_dir), check_name(args.name)
+        name = check_name(args.name)
+        check_new_outputs([Path(args.out_dir) / f"{name}.{ext}" for ext in ("json", "md", "png")], args.overwrite)
+        out_dir = check_out_dir(args.out_dir)
         report = run()
     except (ValueError, TypeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -23,10 +23,12 @@ from condiff.evaluation.cli_args import (
     DEFAULT_INTERVALS,
     DEFAULT_RESCALES,
     DEFAULT_SCALES,
+    DEFAULT_SWEEP_OUT_DIR,
     FULL_INTERVAL,
     apply_quick,
     build_sweep_parser,
     check_name,
+    check_new_outputs,
     check_out_dir,
 )
 from condiff.evaluation.metrics import default_classifier, matched_floor, real_diversity, real_vs_real_floor
@@ -40,7 +42,7 @@ from condiff.evaluation.sampling import (
     pipeline_device,
 )
 from condiff.evaluation.scoring import empty_metrics, metric_fields, score_samples, timing_fields
-from condiff.evaluation.sweep_report import row_line, sweep_markdown, tensor_to_pil, write_sweep
+from condiff.evaluation.sweep_report import row_line, sweep_markdown, sweep_output_paths, tensor_to_pil, write_sweep
 from condiff.loading import load_pipeline
 from condiff.pipelines.guidance import check_guidance_arguments
 
@@ -208,12 +210,14 @@ QUICK = {"num_per_class": 3, "steps": 10, "variant_scales": [3.0]}
 
 
 def run_from_args(args: argparse.Namespace) -> dict[str, Path]:
-    """Validate `args` (before any model work), run the sweep, print the table, write the outputs."""
+    """Validate `args` (before any model work: existing outputs are refused unless `args.overwrite`), run the sweep,
+    print the table, write the outputs."""
     if args.quick:
         apply_quick(args, QUICK, build_sweep_parser())
-    out_dir = check_out_dir(args.out_dir)
     name = check_name(args.name)
     settings = sweep_settings(args.scales, args.rescales, args.intervals, args.variant_scales)
+    check_new_outputs(sweep_output_paths(args.out_dir, name).values(), args.overwrite)
+    out_dir = check_out_dir(args.out_dir)
     pipe = load_pipeline(args.model, args.scheduler, args.device or default_device())
     print(f"guidance sweep: {len(settings)} settings x {args.num_per_class * pipe.num_classes} images")
     result = run_sweep(
@@ -231,7 +235,7 @@ def run_from_args(args: argparse.Namespace) -> dict[str, Path]:
     return paths
 
 
-def main(argv: list[str] | None = None, default_out_dir: str | Path = "benchmarks/results") -> int:
+def main(argv: list[str] | None = None, default_out_dir: str | Path = DEFAULT_SWEEP_OUT_DIR) -> int:
     args = build_sweep_parser(default_out_dir).parse_args(argv)
     try:
         run_from_args(args)

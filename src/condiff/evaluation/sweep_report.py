@@ -11,7 +11,16 @@ from PIL import Image
 
 from condiff.evaluation.reports import markdown_table, nonfinite_notes, pyplot, save_figure, write_report
 
-__all__ = ["SWEEP_COLUMNS", "row_line", "sweep_markdown", "plot_tradeoff", "save_grid", "tensor_to_pil", "write_sweep"]
+__all__ = [
+    "SWEEP_COLUMNS",
+    "row_line",
+    "sweep_markdown",
+    "plot_tradeoff",
+    "save_grid",
+    "tensor_to_pil",
+    "sweep_output_paths",
+    "write_sweep",
+]
 
 
 def tensor_to_pil(image) -> Image.Image:
@@ -154,12 +163,21 @@ def save_grid(
     return path
 
 
+SWEEP_FILES = {"json": ".json", "md": ".md", "png": ".png", "grid": "_grid.png"}
+
+
+def sweep_output_paths(out_dir: str | Path, name: str = "guidance_sweep") -> dict[str, Path]:
+    """The files `write_sweep` writes: `<name>.json`, `<name>.md`, `<name>.png` and `<name>_grid.png`."""
+    out_dir = Path(out_dir)
+    return {key: out_dir / f"{name}{tail}" for key, tail in SWEEP_FILES.items()}
+
+
 def write_sweep(
     report: dict[str, Any], grid: list[list[Image.Image]], out_dir: str | Path, name: str = "guidance_sweep"
 ) -> dict[str, Path]:
     """Write `<name>.json`, `<name>.md`, `<name>.png` (trade-off plot) and `<name>_grid.png`."""
-    out_dir = Path(out_dir)
+    files = sweep_output_paths(out_dir, name)
     paths = write_report(out_dir, name, report, sweep_markdown(report))
-    paths["png"] = plot_tradeoff(report, out_dir / f"{name}.png")
-    paths["grid"] = save_grid(grid, report["settings"]["grid_rows"], out_dir / f"{name}_grid.png")
+    paths["png"] = plot_tradeoff(report, files["png"])
+    paths["grid"] = save_grid(grid, report["settings"]["grid_rows"], files["grid"])
     return paths

@@ -11,8 +11,17 @@ from pathlib import Path
 
 from condiff.engine.args import require_int, require_real
 from condiff.engine.task import Export, Modules
-from condiff.tasks.denoiser import add_denoiser_arguments, build_denoiser, check_denoiser_args, class_grid
+from condiff.tasks.denoiser import (
+    add_denoiser_arguments,
+    add_grid_size_argument,
+    build_denoiser,
+    check_denoiser_args,
+    class_grid,
+    plan_grid_size,
+)
 from condiff.tasks.image_data import ImageDataTask
+
+FULL_GRID_PER_CLASS = 8
 
 
 class CFGTask(ImageDataTask):
@@ -25,7 +34,7 @@ class CFGTask(ImageDataTask):
         add_denoiser_arguments(p)
         g = p.add_argument_group("classifier-free guidance")
         g.add_argument("--p_uncond", type=float, default=0.1, help="probability of replacing a label by the null class")
-        g.add_argument("--validation_images_per_class", type=int, default=8)
+        add_grid_size_argument(g, "validation_images_per_class", FULL_GRID_PER_CLASS)
         g.add_argument("--validation_guidance_scale", type=float, default=3.0)
 
     def check_args(self) -> None:
@@ -35,19 +44,22 @@ class CFGTask(ImageDataTask):
         super().check_args()
         check_denoiser_args(a)
         require_real("p_uncond", a.p_uncond, 0.0, 1.0)
-        require_int("validation_images_per_class", a.validation_images_per_class, 1, MAX_IMAGES_PER_CALL)
+        require_int("validation_images_per_class", a.validation_images_per_class, 1, MAX_IMAGES_PER_CALL, True)
         require_real("validation_guidance_scale", a.validation_guidance_scale, 0.0)
         self.max_images_per_call = MAX_IMAGES_PER_CALL
 
     def dataset(self):
         dataset = super().dataset()
-        per_call = self.args.validation_images_per_class * self.data.num_classes
-        if per_call > self.max_images_per_call:
+        per_class = self.args.validation_images_per_class or FULL_GRID_PER_CLASS
+        if per_class * self.data.num_classes > self.max_images_per_call:
             raise ValueError(
-                f"--validation_images_per_class {self.args.validation_images_per_class} x {self.data.num_classes} "
+                f"--validation_images_per_class {per_class} x {self.data.num_classes} "
                 f"classes exceeds the pipeline's {self.max_images_per_call} images per call"
             )
         return dataset
+
+    def plan(self, total_steps: int) -> None:
+        plan_grid_size(self.args, "validation_images_per_class", total_steps, FULL_GRID_PER_CLASS)
 
     def build(self) -> Modules:
         from condiff.pipelines.sampling import unet_extra_inputs
@@ -80,7 +92,7 @@ class CFGTask(ImageDataTask):
         """Every class x `--validation_images_per_class` with a fixed seed, as a grid (rows = classes)."""
         a = self.args
         return class_grid(
-            self.pipeline(modules), self.data.num_classes, a.validation_images_per_class,
+            self.pipeline(modules), self.data.num_classes, a.validation_images_per_class or FULL_GRID_PER_CLASS,
             a.validation_guidance_scale, a.validation_inference_steps, path,
         )  # fmt: skip
 

@@ -33,6 +33,27 @@ def add_diffusion_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--validation_inference_steps", type=int, default=20, help="sampler steps of validation grids")
 
 
+STEPS_PER_GRID_UNIT = 100
+
+
+def add_grid_size_argument(g, flag: str, full: int, unit: int = 1, per: str = "class") -> None:
+    """A validation-grid size flag whose default (None, "auto") is sized to the run by `plan_grid_size`."""
+    g.add_argument(
+        f"--{flag}",
+        type=int,
+        default=None,
+        help=f"images per {per} of the validation grids and of the card's final grid (default: {unit} per "
+        f"{STEPS_PER_GRID_UNIT} training steps, at least {unit}, at most {full}: a short run is not dominated by "
+        "rendering its grid)",
+    )
+
+
+def plan_grid_size(a: argparse.Namespace, flag: str, total_steps: int, full: int, unit: int = 1) -> None:
+    """Replace an unset (None) grid size by the run-sized default, so that training_args.json records it."""
+    if getattr(a, flag) is None:
+        setattr(a, flag, min(full, unit * max(1, total_steps // STEPS_PER_GRID_UNIT)))
+
+
 def check_channels(channels, norm_num_groups: int) -> None:
     """`--block_out_channels` must be positive multiples of `--norm_num_groups`."""
     if (

@@ -16,8 +16,10 @@ from pathlib import Path
 
 from condiff.engine.args import require_int, require_real
 from condiff.engine.task import Export, Modules
-from condiff.tasks.denoiser import class_grid
+from condiff.tasks.denoiser import add_grid_size_argument, class_grid, plan_grid_size
 from condiff.tasks.image_data import ImageDataTask
+
+FULL_GRID_PER_CLASS = 8
 
 
 def load_teacher(folder: str):
@@ -51,7 +53,7 @@ class DistillationTask(ImageDataTask):
         g.add_argument(
             "--validation_guidance_scale", type=float, default=3.0, help="the grid's w and the exported default scale"
         )
-        g.add_argument("--validation_images_per_class", type=int, default=8)
+        add_grid_size_argument(g, "validation_images_per_class", FULL_GRID_PER_CLASS)
         g.add_argument("--validation_inference_steps", type=int, default=None, help="default: the student's default")
 
     def check_args(self) -> None:
@@ -67,7 +69,7 @@ class DistillationTask(ImageDataTask):
         require_int("guidance_embedding_dim", a.guidance_embedding_dim, 4, 4096)
         require_real("p_uncond", a.p_uncond, 0.0, 1.0)
         require_real("validation_guidance_scale", a.validation_guidance_scale, lo, hi)
-        require_int("validation_images_per_class", a.validation_images_per_class, 1, 64)
+        require_int("validation_images_per_class", a.validation_images_per_class, 1, 64, allow_none=True)
         require_int("validation_inference_steps", a.validation_inference_steps, 1, 1000, allow_none=True)
         trained = self.teacher_config().get("guidance_scale_range")
         if trained is not None and not trained[0] <= lo <= hi <= trained[1]:
@@ -128,10 +130,13 @@ class DistillationTask(ImageDataTask):
             **self.pipeline_defaults(),
         )
 
+    def plan(self, total_steps: int) -> None:
+        plan_grid_size(self.args, "validation_images_per_class", total_steps, FULL_GRID_PER_CLASS)
+
     def sample_grid(self, modules: Modules, path: Path):
         a = self.args
         return class_grid(
-            self.pipeline(modules), self.data.num_classes, a.validation_images_per_class,
+            self.pipeline(modules), self.data.num_classes, a.validation_images_per_class or FULL_GRID_PER_CLASS,
             a.validation_guidance_scale, a.validation_inference_steps, path,
         )  # fmt: skip
 

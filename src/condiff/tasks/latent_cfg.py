@@ -15,9 +15,20 @@ from pathlib import Path
 
 from condiff.engine.args import require_int, require_real
 from condiff.engine.task import Export, Modules
-from condiff.tasks.denoiser import add_diffusion_arguments, check_channels, check_diffusion_args, save_grid
+from condiff.tasks.denoiser import (
+    add_diffusion_arguments,
+    add_grid_size_argument,
+    check_channels,
+    check_diffusion_args,
+    plan_grid_size,
+    save_grid,
+)
 from condiff.tasks.image_data import ImageDataTask
 
+# = condiff.pipelines.text_encoding.DEFAULT_TEXT_ENCODER (a test checks), not imported: that module imports torch and
+# transformers, which `--help` must not wait for.
+DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+FULL_GRID_PER_PROMPT = 8
 DEFAULT_VALIDATION_PROMPTS = ["a thick seven", "a thin seven", "a right-slanted one", "a left-slanted one", "0"]
 
 
@@ -28,8 +39,6 @@ class LatentCFGTask(ImageDataTask):
 
     @classmethod
     def add_arguments(cls, p: argparse.ArgumentParser) -> None:
-        from condiff.pipelines.text_encoding import DEFAULT_TEXT_ENCODER
-
         super().add_arguments(p)
         g = p.add_argument_group("text and latents")
         g.add_argument("--vae", required=True, help="folder of a trained AutoencoderKL (scripts/train_vae.py)")
@@ -47,7 +56,7 @@ class LatentCFGTask(ImageDataTask):
         add_diffusion_arguments(p)
         g = p.add_argument_group("validation")
         g.add_argument("--validation_prompts", nargs="+", default=DEFAULT_VALIDATION_PROMPTS)
-        g.add_argument("--validation_images_per_prompt", type=int, default=8)
+        add_grid_size_argument(g, "validation_images_per_prompt", FULL_GRID_PER_PROMPT, per="prompt")
         g.add_argument("--validation_guidance_scale", type=float, default=5.0)
 
     def check_args(self) -> None:
@@ -55,7 +64,7 @@ class LatentCFGTask(ImageDataTask):
         super().check_args()
         for name in ("max_text_length", "captions_per_image", "layers_per_block", "attention_head_dim"):
             require_int(name, getattr(a, name))
-        require_int("validation_images_per_prompt", a.validation_images_per_prompt, 1, 256)
+        require_int("validation_images_per_prompt", a.validation_images_per_prompt, 1, 256, allow_none=True)
         require_real("p_uncond", a.p_uncond, 0.0, 1.0)
         require_real("validation_guidance_scale", a.validation_guidance_scale, 0.0)
         check_channels(a.block_out_channels, a.norm_num_groups)
@@ -195,10 +204,13 @@ class LatentCFGTask(ImageDataTask):
         pipe.set_progress_bar_config(disable=True)
         images = pipe(
             a.validation_prompts,
-            num_images_per_prompt=a.validation_images_per_prompt,
+            num_images_per_prompt=a.validation_images_per_prompt or FULL_GRID_PER_PROMPT,
             generator=torch.Generator(device="cpu").manual_seed(0),
         ).images
         return save_grid(images, len(a.validation_prompts), path)
+
+    def plan(self, total_steps: int) -> None:
+        plan_grid_size(self.args, "validation_images_per_prompt", total_steps, FULL_GRID_PER_PROMPT)
 
     def validate(self, modules: Modules, step: int, output_dir: Path) -> dict:
         return {"validation": self.sample_grid(modules, Path(output_dir) / "samples" / f"step-{step:07d}.png")}

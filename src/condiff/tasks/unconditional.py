@@ -12,8 +12,17 @@ from pathlib import Path
 
 from condiff.engine.args import require_int
 from condiff.engine.task import Export, Modules
-from condiff.tasks.denoiser import add_denoiser_arguments, build_denoiser, check_denoiser_args, save_grid
+from condiff.tasks.denoiser import (
+    add_denoiser_arguments,
+    add_grid_size_argument,
+    build_denoiser,
+    check_denoiser_args,
+    plan_grid_size,
+    save_grid,
+)
 from condiff.tasks.image_data import ImageDataTask
+
+FULL_GRID, GRID_UNIT = 64, 8  # at most 64 images, 8 per 100 training steps
 
 
 class UnconditionalTask(ImageDataTask):
@@ -24,12 +33,15 @@ class UnconditionalTask(ImageDataTask):
     def add_arguments(cls, p: argparse.ArgumentParser) -> None:
         super().add_arguments(p)
         add_denoiser_arguments(p)
-        p.add_argument_group("validation").add_argument("--validation_images", type=int, default=64)
+        add_grid_size_argument(p.add_argument_group("validation"), "validation_images", FULL_GRID, GRID_UNIT, "grid")
 
     def check_args(self) -> None:
         super().check_args()
         check_denoiser_args(self.args)
-        require_int("validation_images", self.args.validation_images, 1, 4096)
+        require_int("validation_images", self.args.validation_images, 1, 4096, allow_none=True)
+
+    def plan(self, total_steps: int) -> None:
+        plan_grid_size(self.args, "validation_images", total_steps, FULL_GRID, GRID_UNIT)
 
     def build(self) -> Modules:
         unet, self.noise_scheduler = build_denoiser(self.args, self.data.channels, None)
@@ -55,7 +67,7 @@ class UnconditionalTask(ImageDataTask):
 
         pipe = self.pipeline(modules)
         pipe.set_progress_bar_config(disable=True)
-        n = self.args.validation_images
+        n = self.args.validation_images or FULL_GRID
         images = pipe(
             batch_size=n,
             num_inference_steps=self.args.validation_inference_steps,

@@ -1,0 +1,1 @@
+../../../../pipelines/classifier_guided.py

@@ -1,0 +1,1 @@
+../../../../pipelines/latent_cfg.py
