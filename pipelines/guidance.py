@@ -147,7 +147,7 @@ def resolve_default_guidance_scale(scale: float | None, scale_range: tuple | lis
 
 
 # ---------------------------------------------------------------------------------------------- classifier guidance
-# Dhariwal & Nichol (2021), DESIGN.md section 3. g = grad_x log p(y | x_t, t) of a noise-aware classifier.
+# Dhariwal & Nichol (2021). g = grad_x log p(y | x_t, t) of a noise-aware classifier.
 
 
 MEAN_SHIFT_VARIANCES = ("fixed_small", "fixed_small_log", "fixed_large")

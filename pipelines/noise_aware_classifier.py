@@ -1,5 +1,5 @@
 """NoiseAwareClassifier: p(y | x_t, t), the classifier that classifier guidance differentiates (Dhariwal & Nichol
-2021, DESIGN.md section 3).
+2021).
 
 A diffusers component (ModelMixin + ConfigMixin: `save_pretrained`, safetensors, `from_pretrained`) built from
 diffusers' own blocks: a sinusoidal timestep embedding drives a scale and a shift after each GroupNorm of the

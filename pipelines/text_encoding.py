@@ -1,5 +1,5 @@
 """Prompt encoding for text-conditional pipelines and their training: a frozen transformers text encoder's last
-hidden states, at a fixed token length, as the UNet's cross-attention input (DESIGN.md section 4).
+hidden states, at a fixed token length, as the UNet's cross-attention input (Rombach et al. 2022).
 
 Part of the Hub-loadable pipeline code: imports only torch and the standard library (transformers lazily).
 """

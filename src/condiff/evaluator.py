@@ -1,5 +1,5 @@
 """The MNIST evaluator: a small CNN classifier of clean digits, used for conditional accuracy and for the
-Frechet distance of its penultimate features (DESIGN.md section 6).
+Frechet distance of its penultimate features (README, "Evaluate").
 
 The shipped weights live in `condiff/assets/evaluator` (`scripts/train_evaluator.py` trains one) with a
 `metrics.json` that records the classifier's own test accuracy.

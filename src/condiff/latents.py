@@ -1,5 +1,5 @@
 """The VAE side of latent diffusion: its training loss, encoding a data set once, the scaling factor, and
-reconstruction quality (DESIGN.md section 4)."""
+reconstruction quality (Rombach et al. 2022)."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ def class_conditional_unet(
     """A `UNet2DModel` with K + 1 class embeddings (the last is the null class) and AdaGN conditioning; with
     `num_classes=None`, the same UNet without a class embedding (an unconditional denoiser).
 
-    Attention blocks are off by default: at MNIST sizes they cost a lot on CPU for little gain (DESIGN.md 8).
+    Attention blocks are off by default: at MNIST sizes they cost a lot on CPU for little gain (measured).
     """
     n = len(block_out_channels)
     down = ["AttnDownBlock2D" if attention and i > 0 else "DownBlock2D" for i in range(n)]
@@ -95,7 +95,7 @@ def training_scheduler(
 
 
 # DPM-Solver++ (2M) with x0 clipped to the data range [-1, 1]. The clip matters: with the cosine schedule abar_T is
-# ~0, so x0 predicted from eps at the first step can be huge; unclipped this gave salt-and-pepper images (DESIGN.md 8).
+# ~0, so x0 predicted from eps at the first step can be huge; unclipped this gave salt-and-pepper images.
 DPM_SOLVER_SETTINGS = {
     "algorithm_type": "dpmsolver++",
     "solver_order": 2,

@@ -1,4 +1,4 @@
-"""Sample-quality metrics (DESIGN.md section 6): conditional accuracy and the Frechet distance of evaluator
+"""Sample-quality metrics (README, "Evaluate"): conditional accuracy and the Frechet distance of evaluator
 features against the MNIST test split, with the real-vs-real floor (train rows vs test rows) beside it, and
 within-class diversity relative to the real test split's.
 """

@@ -1,7 +1,7 @@
 """The latent text-to-image task: a `UNet2DConditionModel` trained on the latents of a frozen VAE, conditioned on a
 frozen text encoder's hidden states (and optionally class labels), with caption dropout to "" for CFG.
 
-Everything the frozen networks compute is computed once, before training (DESIGN.md 4): the VAE posterior of every
+Everything the frozen networks compute is computed once, before training: the VAE posterior of every
 image (each step samples z = mean + std * noise from it) and the embedding of every distinct caption. MNIST captions
 are written from the label and attributes measured on each image (`condiff.captions`), several per image; any data
 set with a caption column works with `--caption_column`. Exported as a `LatentCFGPipeline`.
