@@ -34,7 +34,7 @@ from .locking import serialized_call
 from .outputs import CondiffPipelineOutput, to_output_type
 from .sampling import GuidedPipelineState, check_schedule, initial_noise, scheduler_step_kwargs, step_callback
 from .text_encoding import DEFAULT_TEXT_ENCODER, encode_text, load_text_encoder, text_width
-from .weights import refusing_unsafe_pickles
+from .weights import component_dtype, refusing_unsafe_pickles
 
 StepCallback = Callable[[Any, int, Any, dict], dict]
 TEXT_COMPONENTS = ("text_encoder", "tokenizer")
@@ -116,9 +116,7 @@ class LatentCFGPipeline(GuidedPipelineState, DiffusionPipeline):
         (or `torch_dtype=`) reaches it too."""
         with refusing_unsafe_pickles():
             pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        dtype = kwargs.get("dtype") or kwargs.get("torch_dtype")
-        if isinstance(dtype, dict):  # diffusers' per-component form
-            dtype = dtype.get("text_encoder", dtype.get("default"))
+        dtype = component_dtype(kwargs, "text_encoder")
         if dtype is not None and "text_encoder" not in kwargs:  # built by __init__ from the name: diffusers skips it
             pipe.text_encoder.to(dtype)
         return pipe

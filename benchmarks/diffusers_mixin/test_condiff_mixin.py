@@ -77,14 +77,19 @@ def generator(device, seed):
     return torch.Generator(device="cpu" if str(device).startswith("mps") else device).manual_seed(seed)
 
 
-class ClassConditionalDDPMPipelineMixinTests(PipelineTesterMixin, unittest.TestCase):
-    pipeline_class = ClassConditionalDDPMPipeline
-    params = CLASS_PARAMS | {"guidance_rescale"}
+class CondiffMixinSettings(PipelineTesterMixin):
+    """What every condiff pipeline's run of the mixin shares."""
+
     batch_params = CLASS_BATCH_PARAMS
     required_optional_params = REQUIRED_OPTIONAL
     callback_cfg_params = frozenset()
     test_xformers_attention = False  # CUDA-only
     test_layerwise_casting = True  # float8 storage, bfloat16 compute: runs on a CPU
+
+
+class ClassConditionalDDPMPipelineMixinTests(CondiffMixinSettings, unittest.TestCase):
+    pipeline_class = ClassConditionalDDPMPipeline
+    params = CLASS_PARAMS | {"guidance_rescale"}
 
     def get_dummy_components(self):
         return {"unet": tiny_unet(K), "scheduler": ddpm()}
@@ -98,14 +103,9 @@ class ClassConditionalDDPMPipelineMixinTests(PipelineTesterMixin, unittest.TestC
         }
 
 
-class ClassifierGuidedPipelineMixinTests(PipelineTesterMixin, unittest.TestCase):
+class ClassifierGuidedPipelineMixinTests(CondiffMixinSettings, unittest.TestCase):
     pipeline_class = ClassifierGuidedPipeline
     params = CLASS_PARAMS | {"classifier_scale", "guidance_method"}
-    batch_params = CLASS_BATCH_PARAMS
-    required_optional_params = REQUIRED_OPTIONAL
-    callback_cfg_params = frozenset()
-    test_xformers_attention = False  # CUDA-only
-    test_layerwise_casting = True  # float8 storage, bfloat16 compute: runs on a CPU
 
     def get_dummy_components(self):
         torch.manual_seed(1)
@@ -157,7 +157,7 @@ def tiny_encoder_folder():
     return _ENCODER_FOLDER
 
 
-class LatentCFGPipelineMixinTests(PipelineTesterMixin, unittest.TestCase):
+class LatentCFGPipelineMixinTests(CondiffMixinSettings, unittest.TestCase):
     pipeline_class = LatentCFGPipeline
     params = TEXT_TO_IMAGE_PARAMS
     batch_params = TEXT_TO_IMAGE_BATCH_PARAMS
