@@ -4,7 +4,7 @@ digit, for each scheduler made with `Scheduler.from_config(the shipped config, *
     python benchmarks/scheduler_smoke.py DDIMScheduler,HeunDiscreteScheduler:use_exponential_sigmas=True 1.0
 
 100 samples is a smoke test, not a quality figure. A scheduler the pipeline refuses up front (see
-`condiff.pipelines.sampling.check_schedule`) prints its refusal. Results: benchmarks/results/scheduler_smoke.txt.
+`condiff.pipelines.schedules.check_schedule`) prints its refusal. Results: benchmarks/results/scheduler_smoke.txt.
 """
 
 from __future__ import annotations

@@ -1,65 +1,53 @@
-"""ClassConditionalDDPMPipeline: a class-conditional UNet2DModel sampled with classifier-free guidance.
+"""ClassConditionalDDPMPipeline: a class-conditional UNet sampled with classifier-free guidance or autoguidance.
 
-Hub-loadable: this file and its siblings (`checks.py`, `guidance.py`, `labels.py`, `locking.py`, `outputs.py`) import
-only torch and diffusers (and numpy, the standard library), so `DiffusionPipeline.from_pretrained(folder,
-custom_pipeline="pipelines/class_conditional.py", trust_remote_code=True)` works without condiff installed.
+Hub-loadable: this file and its siblings import only torch and diffusers (and numpy, the standard library), so
+`DiffusionPipeline.from_pretrained(folder, custom_pipeline=folder, trust_remote_code=True)` works without condiff.
 """
 
 from __future__ import annotations
 
-import functools
-import os
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from diffusers import DiffusionPipeline, UNet2DConditionModel, UNet2DModel
-from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers import UNet2DConditionModel, UNet2DModel
 from diffusers.schedulers import SchedulerMixin
 
-from .checks import (
-    MAX_IMAGES_PER_CALL,
-    check_callback_inputs,
-    check_generators,
-    check_output_type,
-    check_positive_int,
-    resolve_num_images,
-    unet_sample_size,
-)
-from .guidance import (
-    check_default_guidance_scale,
-    check_guidance_arguments,
-    guidance_scale_embedding,
-    guided_prediction,
-    in_guidance_interval,
-    resolve_default_guidance_scale,
-)
+from .checks import MAX_IMAGES_PER_CALL, check_generators, check_positive_int, resolve_num_images, unet_sample_size
+from .denoising import CondiffPipeline, StepCallback
+from .guidance import check_default_guidance_scale, check_guidance_arguments, guidance_scale_embedding
+from .guiders import EmbeddedGuidance
 from .labels import LabelInput, normalize_id2label, parse_labels
 from .locking import serialized_call
-from .outputs import CondiffPipelineOutput, to_output_type
-from .sampling import (
-    GuidedPipelineState,
-    check_schedule,
-    initial_noise,
-    micro_batched,
-    scheduler_step_kwargs,
-    step_callback,
-    unet_extra_inputs,
-)
-from .weights import refusing_unsafe_pickles
+from .networks import channels_last, micro_batched, unet_extra_inputs
+from .outputs import CondiffPipelineOutput
 
-StepCallback = Callable[[Any, int, Any, dict], dict]
+# isort: split
+# diffusers copies only the sibling files that a local custom-pipeline file imports itself (not their own imports):
+# the modules the shared loop needs are named here too, so `custom_pipeline="pipelines/<this file>"` loads.
+from .callbacks import step_callback  # noqa: F401
+from .diffusers_guiders import DiffusersGuidance  # noqa: F401
+from .schedules import check_schedule  # noqa: F401
+from .weights import refusing_unsafe_pickles  # noqa: F401
 
 
-def channels_last(sample: torch.Tensor) -> torch.Tensor:
-    """The UNet's input in channels_last memory format (same values). Convolutions follow the activations' layout, so
-    a caller's UNet runs channels_last without being converted, up to the first upsampler at >= 64 rows (diffusers'
-    `Upsample2D` makes large batches contiguous); a UNet loaded by `from_pretrained` is converted as well."""
-    return sample.to(memory_format=torch.channels_last) if sample.ndim == 4 else sample
+def check_guide(unet: Any, guide: Any) -> None:
+    """A guiding model must make what the main UNet makes, for the same classes (autoguidance compares the two)."""
+    if guide is None:
+        return
+    main, other = unet.config, guide.config
+    for key, what in (("num_class_embeds", "classes (+1 null)"), ("in_channels", "input channels"),
+                      ("out_channels", "output channels")):  # fmt: skip
+        if main.get(key) != other.get(key):
+            raise ValueError(f"guide_unet has {key}={other.get(key)} but the unet has {main.get(key)}: both must "
+                             f"take the same {what}")  # fmt: skip
+    if unet_sample_size(main) != unet_sample_size(other):
+        raise ValueError(f"guide_unet makes {unet_sample_size(other)} samples but the unet {unet_sample_size(main)}")
+    if other.get("time_cond_proj_dim") is not None or main.get("time_cond_proj_dim") is not None:
+        raise ValueError("autoguidance needs two ordinary class-conditional UNets, not guidance-embedded ones")
 
 
-class ClassConditionalDDPMPipeline(GuidedPipelineState, DiffusionPipeline):
-    r"""Class-conditional image generation with classifier-free guidance.
+class ClassConditionalDDPMPipeline(CondiffPipeline):
+    r"""Class-conditional image generation with classifier-free guidance or autoguidance.
 
     Parameters:
         unet ([`UNet2DModel`] or [`UNet2DConditionModel`] without cross-attention): denoiser with
@@ -69,40 +57,26 @@ class ClassConditionalDDPMPipeline(GuidedPipelineState, DiffusionPipeline):
             dtype, device or memory-format change); for the fastest CPU sampling convert it yourself:
             `unet.to(memory_format=torch.channels_last)`.
         scheduler ([`SchedulerMixin`]): a diffusers scheduler (DDPM, DDIM, DPM-Solver++, UniPC, Euler, ...); Heun and
-            KDPM2 Ancestral on a schedule that starts at nearly pure noise are refused (`sampling.check_schedule`).
+            KDPM2 Ancestral on a schedule that starts at nearly pure noise are refused (`schedules.check_schedule`).
+        guide_unet (*optional*): a weaker model of the same classes (smaller, trained for less) for
+            `guidance="autoguidance"` (Karras et al. 2024).
         id2label (`dict[int, str]`, *optional*): class names, so `label="three"` works.
         guidance_scale_range (`(lo, hi)`, *optional*): the scales a guidance-embedded UNet was trained on; others
             are refused.
-        default_guidance_scale (`float`, *optional*): the `guidance_scale` of a call that gives none (a few-step
-            student guided at every step is best at a lower scale than a teacher guided on an interval). None: 3,
+        default_guidance_scale (`float`, *optional*): the `guidance_scale` of a call that gives none. None: 3,
             clamped into `guidance_scale_range`.
+        default_guidance (`str`): the guidance of a call that gives none, "cfg" or "autoguidance";
+            `autoguidance_cfg_scale` and `autoguidance_cfg_interval` add CFG on top of autoguidance.
         micro_batch_size (`int`, *optional*): the UNet runs on slices of at most this many rows (same results, faster
             on CPUs at large requests; `benchmarks/micro_batching.py` measures it). None: the whole batch at once.
 
-    During a call, as in diffusers pipelines, `guidance_scale`, `guidance_rescale`, `num_timesteps` and `interrupt`
-    are properties backed by state the loop reads at every step: a `callback_on_step_end` that sets
-    `pipe._guidance_scale = 0.0` turns guidance off from the next step on as diffusers' CFG cut-off callbacks mean it
-    (the conditional prediction alone, stored as 1.0; a call's `guidance_scale=0` is the unconditional one), one that
-    sets `pipe._interrupt = True` skips the remaining steps. The callback tensor "prompt_embeds" holds the class ids
-    [null; labels] (2N), the counterpart of Stable Diffusion's [negative; positive] embeddings, so diffusers'
-    `SDCFGCutoffCallback` works unchanged. They describe the current (or, after it, the last) call; calls on one
-    pipeline are serialized, so they never mix two calls.
+    The callback tensor "prompt_embeds" holds the class ids [null; labels] (2N), the counterpart of Stable Diffusion's
+    [negative; positive] embeddings, so diffusers' `SDCFGCutoffCallback` works unchanged.
     """
 
-    model_cpu_offload_seq = "unet"
+    model_cpu_offload_seq = "unet->guide_unet"
+    _optional_components = ["guide_unet"]
     _callback_tensor_inputs = ["latents", "prompt_embeds"]
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
-        """diffusers' `from_pretrained`. The UNet it loads (not one passed as `unet=`, and not a device-mapped or
-        quantized one) belongs to this pipeline and is put in channels_last memory format: about 1.2x faster CPU
-        sampling at batch 100 (benchmarks/), same values up to float rounding. Weights load as diffusers loads them:
-        safetensors first, a `.bin` through torch's weights-only unpickler (`UnsafeWeightsError` if it holds more)."""
-        with refusing_unsafe_pickles():
-            pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        if not {"unet", "device_map", "quantization_config"} & kwargs.keys():
-            pipe.unet.to(memory_format=torch.channels_last)
-        return pipe
 
     def __init__(
         self,
@@ -114,15 +88,23 @@ class ClassConditionalDDPMPipeline(GuidedPipelineState, DiffusionPipeline):
         micro_batch_size: int | None = None,
         guidance_scale_range: tuple | list | None = None,
         default_guidance_scale: float | None = None,
+        guide_unet: UNet2DModel | UNet2DConditionModel | None = None,
+        default_guidance: str = "cfg",
+        autoguidance_cfg_scale: float = 1.0,
+        autoguidance_cfg_interval: tuple | list = (0.0, 1.0),
     ):
         super().__init__()
         if unet.config.num_class_embeds is None or unet.config.num_class_embeds < 2:
             raise ValueError("unet must have num_class_embeds = number of classes + 1 (the null class)")
         if any("CrossAttn" in b for b in (*unet.config.down_block_types, *unet.config.up_block_types)):
             raise ValueError("unet must not use cross-attention (text conditioning): use LatentCFGPipeline for that")
-        self.register_modules(unet=unet, scheduler=scheduler)
+        check_guide(unet, guide_unet)
+        self.register_modules(unet=unet, scheduler=scheduler, guide_unet=guide_unet)
         check_positive_int("default_num_inference_steps", default_num_inference_steps)
         check_guidance_arguments(1.0, 0.0, default_guidance_interval)
+        check_guidance_arguments(autoguidance_cfg_scale, 0.0, autoguidance_cfg_interval)
+        if default_guidance not in ("cfg", "autoguidance"):
+            raise ValueError(f"default_guidance must be 'cfg' or 'autoguidance', got {default_guidance!r}")
         if micro_batch_size is not None:
             check_positive_int("micro_batch_size", micro_batch_size, MAX_IMAGES_PER_CALL)
         check_default_guidance_scale(default_guidance_scale, guidance_scale_range)
@@ -133,16 +115,18 @@ class ClassConditionalDDPMPipeline(GuidedPipelineState, DiffusionPipeline):
             micro_batch_size=micro_batch_size,
             guidance_scale_range=None if guidance_scale_range is None else [float(v) for v in guidance_scale_range],
             default_guidance_scale=None if default_guidance_scale is None else float(default_guidance_scale),
+            default_guidance=default_guidance,
+            autoguidance_cfg_scale=float(autoguidance_cfg_scale),
+            autoguidance_cfg_interval=[float(v) for v in autoguidance_cfg_interval],
         )
-        self._guidance_scale, self._guidance_rescale = 1.0, 0.0
-        self._num_timesteps, self._interrupt = 0, False
 
-    @property
-    def default_guidance_scale(self) -> float:
-        """The scale of a call that gives none: the config's `default_guidance_scale`, else 3 clamped into
-        `guidance_scale_range`."""
-        trained = self.config.get("guidance_scale_range")
-        return resolve_default_guidance_scale(self.config.get("default_guidance_scale"), trained)
+    def _after_loading(self, kwargs: dict) -> None:
+        """A UNet loaded here (not one passed in, not device-mapped or quantized) is put in channels_last memory
+        format: about 1.2x faster CPU sampling at batch 100 (benchmarks/), same values up to float rounding."""
+        if not {"device_map", "quantization_config"} & kwargs.keys():
+            for name in ("unet", "guide_unet"):
+                if name not in kwargs and getattr(self, name, None) is not None:
+                    getattr(self, name).to(memory_format=torch.channels_last)
 
     @property
     def num_classes(self) -> int:
@@ -178,63 +162,41 @@ class ClassConditionalDDPMPipeline(GuidedPipelineState, DiffusionPipeline):
         check_generators(generator, batch_size)
         return [c for c in class_ids for _ in range(num_images)]
 
-    def prepare_latents(self, batch_size: int, generator: Any, latents: torch.Tensor | None) -> torch.Tensor:
-        """Initial noise of shape (N, C, H, W) on the execution device in the UNet's dtype, scaled for the scheduler."""
-        cfg = self.unet.config
-        shape = (batch_size, cfg.in_channels, *unet_sample_size(cfg))
-        device, dtype = self._execution_device, self.unet.dtype
-        return initial_noise(shape, generator, latents, device, dtype, self.scheduler.init_noise_sigma)
+    def call_guidance(self, guidance: Any, scale: float, rescale: float, interval: tuple, given: tuple = (None, None)):
+        """The guidance object of a call, refused before any sampling when it cannot apply to this UNet (`given`:
+        the call's own guidance_scale and guidance_interval arguments)."""
+        guidance = self.config.get("default_guidance", "cfg") if guidance is None else guidance
+        if not self.guidance_embedded:
+            method = self._guidance(guidance, interval, *given)
+            check_guide(self.unet, self.guide_unet)
+            return method
+        if guidance != "cfg":
+            raise ValueError(f"guidance={guidance!r} cannot apply to a guidance-embedded UNet: it takes w as an "
+                             "input; use guidance='cfg' (the default) and guidance_scale")  # fmt: skip
+        if rescale:
+            raise ValueError("guidance_rescale must be 0 with a guidance-embedded UNet: it has no separate branches")
+        trained = self.config.get("guidance_scale_range")
+        if trained and not trained[0] <= scale <= trained[1]:
+            raise ValueError(f"guidance_scale must be in {trained} (this UNet was trained there), got {scale}")
+        return EmbeddedGuidance(interval)
 
-    def _predict(
-        self, sample: torch.Tensor, class_labels: torch.Tensor, t: torch.Tensor, scale: float | None = None
-    ) -> torch.Tensor:
-        """The UNet's output for `sample` (in micro-batches); `scale` is w for a guidance-embedded UNet."""
-        extra = unet_extra_inputs(self.unet)
+    def _predict(self, network: Any, sample: torch.Tensor, labels: torch.Tensor, t: Any, scale: Any) -> torch.Tensor:
+        """The network's output for `sample` (in micro-batches); `scale` is w for a guidance-embedded UNet."""
+        extra = unet_extra_inputs(network)
         w = None
-        if self.guidance_embedded:
-            w = guidance_scale_embedding(
-                torch.full((sample.shape[0],), float(scale), device=sample.device), self.unet.config.time_cond_proj_dim
-            ).to(self.unet.dtype)
+        if scale is not None:
+            w = torch.full((sample.shape[0],), float(scale), device=sample.device)
+            w = guidance_scale_embedding(w, network.config.time_cond_proj_dim).to(network.dtype)
 
-        def forward(x: torch.Tensor, labels: torch.Tensor, w_emb: torch.Tensor | None) -> torch.Tensor:
+        def forward(x: torch.Tensor, class_labels: torch.Tensor, w_emb: torch.Tensor | None) -> torch.Tensor:
             cond = {} if w_emb is None else {"timestep_cond": w_emb}
-            return self.unet(channels_last(x), t, class_labels=labels, **extra, **cond).sample
+            return network(channels_last(x), t, class_labels=class_labels, **extra, **cond).sample
 
-        return micro_batched(forward, self.config.micro_batch_size, sample, class_labels, w)
-
-    def _denoise(
-        self,
-        latents: torch.Tensor,
-        cond: torch.Tensor,
-        guidance_interval: Sequence[float],
-        generator: Any,
-        callback: StepCallback | None,
-        tensor_inputs: Sequence[str],
-    ) -> tuple[torch.Tensor, int]:
-        """The sampling loop; returns (final latents, network rows evaluated). Reads the guidance state each step."""
-        uncond = torch.full_like(cond, self.null_class)
-        step_kwargs = scheduler_step_kwargs(self.scheduler, generator)
-        num_train_timesteps = self.scheduler.config.num_train_timesteps
-        rows = 0
-        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            if self.interrupt:
-                continue
-            model_input = self.scheduler.scale_model_input(latents, t)
-            inside = in_guidance_interval(t, num_train_timesteps, guidance_interval)
-            scale = self._guidance_scale if inside else 1.0
-            if self.guidance_embedded:  # one branch: w is an input of the UNet (scale 0 and 1 included)
-                pred, used = self._predict(model_input, cond, t, scale), len(cond)
-            else:
-                model = functools.partial(self._predict, t=t)
-                pred, used = guided_prediction(model, model_input, cond, uncond, scale, self._guidance_rescale)
-            rows += used
-            latents = self.scheduler.step(pred, t, latents, **step_kwargs).prev_sample
-            latents, (uncond, cond) = step_callback(self, callback, i, t, latents, tensor_inputs, (uncond, cond))
-        return latents, rows
+        return micro_batched(forward, self.config.micro_batch_size, sample, labels, w)
 
     @serialized_call  # schedulers are stateful: concurrent calls on one pipeline take turns (locking.py)
     @torch.inference_mode()
-    def __call__(  # long: the documented argument list and its checks; the work is in the methods above
+    def __call__(  # long: the documented argument list; the work is in CondiffPipeline
         self,
         label: LabelInput = None,
         num_images_per_label: int = 1,
@@ -249,19 +211,20 @@ class ClassConditionalDDPMPipeline(GuidedPipelineState, DiffusionPipeline):
         callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
         num_images_per_prompt: int | None = None,
+        guidance: Any = None,
     ) -> CondiffPipelineOutput | tuple:
         r"""Generate images of the requested classes.
 
         Args:
             label: class id(s) or name(s) (`3`, `[0, 1]`, `"three"`, a tensor); `None` samples unconditionally.
             num_images_per_label: images generated for each entry of `label`.
-            guidance_scale: w in uncond + w (cond - uncond). 0 = unconditional, 1 = conditional, > 1 stronger
-                (a callback setting 0 mid-call means "guidance off", see `callback_on_step_end`).
-                Default: the model's `default_guidance_scale` (None: 3, clamped into its trained range).
+            guidance_scale: w. CFG: uncond + w (cond - uncond), 0 = unconditional, 1 = conditional; autoguidance:
+                guide + w (cond - guide), 1 = the main model alone (a callback setting 0 mid-call means "guidance
+                off"). Default: the model's `default_guidance_scale` (None: 3, clamped into its trained range).
             num_inference_steps: denoising steps; default: the model's `default_num_inference_steps`.
             generator: a `torch.Generator`, or one per image, for reproducible sampling.
             latents: initial noise of shape (N, C, H, W); drawn from `generator` when None.
-            guidance_rescale: Lin et al. (2023) rescale factor in [0, 1].
+            guidance_rescale: Lin et al. (2023) rescale factor in [0, 1] (CFG).
             guidance_interval: (lo, hi) fractions of the noise range where guidance applies; elsewhere w = 1.
                 Default: the model's `default_guidance_interval` ((0, 1) = every step).
             output_type: "pil", "np", "pt" (a [0, 1] tensor) or "latent" (the final model-space tensor, untouched).
@@ -272,9 +235,11 @@ class ClassConditionalDDPMPipeline(GuidedPipelineState, DiffusionPipeline):
                 diffusers) or `pipe._interrupt`. A diffusers `PipelineCallback` (e.g. `SDCFGCutoffCallback`) or
                 `MultiPipelineCallbacks` brings its own `tensor_inputs`.
             callback_on_step_end_tensor_inputs: tensors passed to the callback ("latents", "prompt_embeds").
-            num_images_per_prompt: diffusers' name, accepted as an alias of `num_images_per_label` (as in every
-                condiff pipeline); giving both with different values is an error, unless `num_images_per_label`
-                is left at 1.
+            num_images_per_prompt: diffusers' name, accepted as an alias of `num_images_per_label`; giving both with
+                different values is an error, unless `num_images_per_label` is left at 1.
+            guidance: "cfg", "autoguidance" (needs `guide_unet`), a condiff `Guidance` object (`guiders.py`) or a
+                diffusers guider (`diffusers.guiders.ClassifierFreeGuidance`, `AdaptiveProjectedGuidance`, ...,
+                which brings its own scale). Default: the model's `default_guidance`.
 
         Examples:
         ```py
@@ -285,38 +250,27 @@ class ClassConditionalDDPMPipeline(GuidedPipelineState, DiffusionPipeline):
         ```
 
         Returns:
-            [`CondiffPipelineOutput`] with `images` and `nfe_per_image` (network rows per image in this call), or a
-            tuple `(images,)` when `return_dict` is False.
+            [`CondiffPipelineOutput`] with `images` and `nfe_per_image` (network rows per image in this call, a
+            guiding model's included), or a tuple `(images,)` when `return_dict` is False.
         """
         num_images = resolve_num_images(num_images_per_label, num_images_per_prompt)
-        steps = self.config.default_num_inference_steps if num_inference_steps is None else num_inference_steps
-        interval = tuple(self.config.default_guidance_interval) if guidance_interval is None else guidance_interval
-        guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
+        steps, scale, interval, tensor_inputs = self._call_settings(
+            num_inference_steps, guidance_scale, guidance_interval, guidance_rescale, output_type,
+            callback_on_step_end, callback_on_step_end_tensor_inputs)  # fmt: skip
         class_ids = self.check_inputs(label, num_images, steps, generator)
-        check_guidance_arguments(guidance_scale, guidance_rescale, interval)
-        if guidance_rescale and self.guidance_embedded:
-            raise ValueError("guidance_rescale must be 0 with a guidance-embedded UNet: it has no separate branches")
-        trained = self.config.get("guidance_scale_range")
-        if self.guidance_embedded and trained and not trained[0] <= guidance_scale <= trained[1]:
-            raise ValueError(f"guidance_scale must be in {trained} (this UNet was trained there), got {guidance_scale}")
-        check_output_type(output_type)
-        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):  # diffusers' callback classes
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        check_callback_inputs(callback_on_step_end_tensor_inputs, self._callback_tensor_inputs, callback_on_step_end)
-        unconditional = class_ids[0] == self.null_class  # label=None: only the null branch is needed
-        self._guidance_scale = 0.0 if unconditional else guidance_scale
-        self._guidance_rescale, self._interrupt = guidance_rescale, False
-
-        latents = self.prepare_latents(len(class_ids), generator, latents)
-        self.scheduler.set_timesteps(steps, device=latents.device)
-        check_schedule(self.scheduler)
-        self._num_timesteps = len(self.scheduler.timesteps)
-        cond = torch.tensor(class_ids, device=latents.device)
-        latents, rows = self._denoise(
-            latents, cond, interval, generator, callback_on_step_end, callback_on_step_end_tensor_inputs
+        method = self.call_guidance(guidance, scale, guidance_rescale, interval, (guidance_scale, guidance_interval))
+        unconditional = class_ids[0] == self.null_class and method.name in ("cfg", "embedded")
+        self._guidance_scale = 0.0 if unconditional else getattr(method, "guidance_scale", scale)
+        self._guidance_rescale = guidance_rescale
+        cfg, device = self.unet.config, self._execution_device
+        cond = torch.tensor(class_ids, device=device)
+        conditions = {"cond": cond, "uncond": torch.full_like(cond, self.null_class)}
+        shape = (len(class_ids), cfg.in_channels, *unet_sample_size(cfg))
+        latents, rows = self._sample(
+            shape, steps, method, conditions, generator, latents, callback_on_step_end, tensor_inputs
         )
-        images = to_output_type(latents, output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (images,)
-        return CondiffPipelineOutput(images=images, nfe_per_image=rows / len(class_ids))
+        return self._output(latents, output_type, return_dict, rows, len(class_ids))
+
+
+# diffusers' custom-pipeline loader accepts one DiffusionPipeline subclass per file: unbind the shared base.
+del CondiffPipeline

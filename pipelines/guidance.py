@@ -1,8 +1,7 @@
 """Guidance math for every condiff pipeline: the single place where the formulas live.
 
-This file is part of the Hub-loadable pipeline code, so it imports only torch (no condiff, no diffusers).
-We do not use `diffusers.guiders` here: their API is built around modular-pipeline block states, and we
-need to skip the unneeded branch at scales 0 and 1 and count network evaluations, which they do not expose.
+The guidance methods that use them are objects in `guiders.py`; diffusers' own guiders plug in through
+`diffusers_guiders.py`. Part of the Hub-loadable pipeline code: imports only torch.
 """
 
 from __future__ import annotations
@@ -13,6 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from .checks import check_scale
 
 Condition = Any  # a tensor, a dict of tensors, or None; see `concat_conditions`
 
@@ -104,14 +105,6 @@ def guided_prediction(
     if per_row:
         guidance_scale = guidance_scale.to(pred_cond.dtype).view(-1, *([1] * (pred_cond.ndim - 1)))
     return cfg_combine(pred_uncond, pred_cond, guidance_scale, guidance_rescale), 2 * n
-
-
-def check_scale(name: str, value: float) -> None:
-    """A guidance scale: a real, finite number >= 0 (the error names `name`)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number >= 0, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
 
 
 def check_guidance_arguments(guidance_scale: float, guidance_rescale: float, guidance_interval: tuple) -> None:

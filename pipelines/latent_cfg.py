@@ -9,56 +9,43 @@ package or the Hub. Hub-loadable without condiff (this file, its siblings, torch
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
-from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.schedulers import SchedulerMixin
 
-from .checks import (
-    MAX_IMAGES_PER_CALL,
-    check_callback_inputs,
-    check_generators,
-    check_output_type,
-    check_positive_int,
-    short_repr,
-    unet_sample_size,
-)
-from .guidance import check_guidance_arguments, guided_prediction, in_guidance_interval
+from .checks import MAX_IMAGES_PER_CALL, check_generators, check_positive_int, unet_sample_size
+from .denoising import CondiffPipeline
+from .guidance import check_guidance_arguments
 from .labels import LabelInput, normalize_id2label, parse_labels
 from .locking import serialized_call
-from .outputs import CondiffPipelineOutput, to_output_type
-from .sampling import GuidedPipelineState, check_schedule, initial_noise, scheduler_step_kwargs, step_callback
-from .text_encoding import DEFAULT_TEXT_ENCODER, encode_text, load_text_encoder, text_width
-from .weights import component_dtype, refusing_unsafe_pickles
+from .outputs import CondiffPipelineOutput
+from .prompts import PromptConditionsMixin, check_prompts
+from .text_encoding import DEFAULT_TEXT_ENCODER, load_text_encoder, text_width
+from .weights import component_dtype
 
-StepCallback = Callable[[Any, int, Any, dict], dict]
+# isort: split
+# diffusers copies only the sibling files that a local custom-pipeline file imports itself (not their own imports):
+# the modules the shared loop needs are named here too, so `custom_pipeline="pipelines/<this file>"` loads.
+from .callbacks import step_callback  # noqa: F401
+from .diffusers_guiders import DiffusersGuidance  # noqa: F401
+from .guiders import Step  # noqa: F401
+from .schedules import check_schedule  # noqa: F401
+
 TEXT_COMPONENTS = ("text_encoder", "tokenizer")
 
 
-def check_prompts(name: str, prompts: Any) -> list[str]:
-    """A string or a non-empty list of strings, as a list."""
-    if isinstance(prompts, str):
-        return [prompts]
-    if not isinstance(prompts, (list, tuple)) or not prompts:
-        raise ValueError(f"{name} must be a string or a non-empty list of strings, got {short_repr(prompts)}")
-    if not all(isinstance(p, str) for p in prompts):
-        raise TypeError(f"{name} must hold only strings, got {short_repr(prompts)}")
-    return list(prompts)
-
-
-class LatentCFGPipeline(GuidedPipelineState, DiffusionPipeline):
+class LatentCFGPipeline(PromptConditionsMixin, CondiffPipeline):
     r"""Text-to-image latent diffusion with classifier-free guidance; negative prompts replace the null condition.
 
     Parameters:
         vae ([`AutoencoderKL`]): its config's `scaling_factor` scales the latents the UNet sees.
         unet ([`UNet2DConditionModel`]): `cross_attention_dim` equal to the text encoder's width; with
             `num_class_embeds = K + 1` it also takes class labels (K = the null class).
-        scheduler ([`SchedulerMixin`]): a diffusers scheduler (those `sampling.check_schedule` refuses excepted).
+        scheduler ([`SchedulerMixin`]): a diffusers scheduler (those `schedules.check_schedule` refuses excepted).
         text_encoder, tokenizer (*optional*): a transformers encoder and its tokenizer; loaded from
             `text_encoder_name_or_path` when not given (and never saved into the pipeline folder).
         text_encoder_name_or_path (`str`): a folder or Hub id; the default is all-MiniLM-L6-v2, which the
@@ -106,20 +93,13 @@ class LatentCFGPipeline(GuidedPipelineState, DiffusionPipeline):
             default_guidance_scale=float(default_guidance_scale),
             default_guidance_interval=[float(v) for v in default_guidance_interval],
         )
-        self._guidance_scale, self._guidance_rescale = 1.0, 0.0
-        self._num_timesteps, self._interrupt = 0, False
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
-        """diffusers' `from_pretrained` (safetensors first, a `.bin` through torch's weights-only unpickler); the text
-        encoder comes from `text_encoder_name_or_path` unless `text_encoder=` and `tokenizer=` are passed; `dtype=`
-        (or `torch_dtype=`) reaches it too."""
-        with refusing_unsafe_pickles():
-            pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+    def _after_loading(self, kwargs: dict) -> None:
+        """The text encoder comes from `text_encoder_name_or_path` unless `text_encoder=` and `tokenizer=` are passed
+        to `from_pretrained`; its `dtype=` (or `torch_dtype=`) reaches it too."""
         dtype = component_dtype(kwargs, "text_encoder")
         if dtype is not None and "text_encoder" not in kwargs:  # built by __init__ from the name: diffusers skips it
-            pipe.text_encoder.to(dtype)
-        return pipe
+            self.text_encoder.to(dtype)
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
         """diffusers' `save_pretrained` without the text encoder and tokenizer: the folder names them instead."""
@@ -145,71 +125,6 @@ class LatentCFGPipeline(GuidedPipelineState, DiffusionPipeline):
         """The `cross_attention_kwargs` of the running call, passed to the UNet's attention processors."""
         return getattr(self, "_cross_attention_kwargs", None)
 
-    def _embeds_dtype(self) -> torch.dtype:
-        """The UNet's dtype; the text encoder's in a pipeline built with a text encoder alone."""
-        return (self.unet if self.unet is not None else self.text_encoder).dtype
-
-    def _encode(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Text-encoder hidden states (N, max_text_length, width) on the execution device, in `_embeds_dtype`."""
-        if self.text_encoder is None:
-            raise ValueError("this pipeline has no text encoder (text_encoder_name_or_path=None): pass prompt_embeds")
-        embeds = encode_text(self.text_encoder, self.tokenizer, prompts, self.config.max_text_length)
-        return embeds.to(self._execution_device, self._embeds_dtype())
-
-    def encode_prompt(
-        self,
-        prompt: str | list[str] | None,
-        device: torch.device | None = None,
-        num_images_per_prompt: int = 1,
-        do_classifier_free_guidance: bool = True,
-        negative_prompt: str | list[str] | None = None,
-        prompt_embeds: torch.Tensor | None = None,
-        negative_prompt_embeds: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """diffusers' `encode_prompt`: `(prompt_embeds, negative_prompt_embeds)`, each (N * num_images_per_prompt,
-        max_text_length, width), one row per image; the negative ones are the null condition "" unless
-        `negative_prompt(_embeds)` is given, and None when `do_classifier_free_guidance` is False. Works on a
-        pipeline built with a text encoder alone (`unet=None, vae=None`); pass the results to `__call__`."""
-        check_positive_int("num_images_per_prompt", num_images_per_prompt, MAX_IMAGES_PER_CALL)
-        prompt_embeds, negative_prompt_embeds = self.text_conditions(
-            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds
-        )
-        device = device or self._execution_device
-        prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0).to(device)
-        negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0).to(device)
-        if not do_classifier_free_guidance:
-            negative_prompt_embeds = None
-        return prompt_embeds, negative_prompt_embeds
-
-    def _check_embeds(self, name: str, embeds: Any) -> torch.Tensor:
-        width = self.unet.config.cross_attention_dim if self.unet is not None else text_width(self.text_encoder)
-        if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3 or embeds.shape[-1] != width:
-            got = tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__
-            raise ValueError(f"{name} must be a tensor of shape (N, tokens, {width}), got {got}")
-        return embeds.to(self._execution_device, self._embeds_dtype())
-
-    def text_conditions(
-        self, prompt: Any, negative_prompt: Any, prompt_embeds: Any, negative_prompt_embeds: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(prompt embeddings, null-or-negative embeddings), one row per prompt; raises on inconsistent input."""
-        if (prompt is None) == (prompt_embeds is None):
-            raise ValueError("pass exactly one of prompt and prompt_embeds")
-        if negative_prompt is not None and negative_prompt_embeds is not None:
-            raise ValueError("pass at most one of negative_prompt and negative_prompt_embeds")
-        cond = self._encode(check_prompts("prompt", prompt)) if prompt is not None else None
-        cond = cond if cond is not None else self._check_embeds("prompt_embeds", prompt_embeds)
-        n = len(cond)
-        if negative_prompt_embeds is not None:
-            uncond = self._check_embeds("negative_prompt_embeds", negative_prompt_embeds)
-            if uncond.shape != cond.shape:
-                raise ValueError(f"negative_prompt_embeds shape {tuple(uncond.shape)} != prompt's {tuple(cond.shape)}")
-            return cond, uncond
-        negatives = [""] if negative_prompt is None else check_prompts("negative_prompt", negative_prompt)
-        if len(negatives) not in (1, n):
-            raise ValueError(f"negative_prompt has {len(negatives)} entries but there are {n} prompts; give 1 or {n}")
-        uncond = self._encode(negatives)
-        return cond, uncond.expand(n, -1, -1) if len(uncond) == 1 else uncond
-
     def class_conditions(self, class_labels: LabelInput, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(class ids, null ids) for a class-conditional UNet, one per prompt (None -> the null class)."""
         if self.num_classes is None:
@@ -233,27 +148,15 @@ class LatentCFGPipeline(GuidedPipelineState, DiffusionPipeline):
                 raise ValueError(f"{name} must be divisible by the VAE's down-sampling factor {f}, got {value}")
         return (n, self.unet.config.in_channels, height // f, width // f)
 
-    def _predict(self, sample: torch.Tensor, condition: dict, t: torch.Tensor) -> torch.Tensor:
-        return self.unet(sample, t, **condition, cross_attention_kwargs=self.cross_attention_kwargs).sample
+    def _predict(self, network: Any, sample: torch.Tensor, condition: dict, t: Any, scale: Any) -> torch.Tensor:
+        return network(sample, t, **condition, cross_attention_kwargs=self.cross_attention_kwargs).sample
 
-    def _denoise(self, latents, cond, uncond, interval, generator, callback, tensor_inputs) -> tuple[torch.Tensor, int]:
-        """The sampling loop; returns (final latents, network rows evaluated). Reads the guidance state each step."""
-        step_kwargs = scheduler_step_kwargs(self.scheduler, generator)
-        num_train_timesteps = self.scheduler.config.num_train_timesteps
-        rows = 0
-        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            if self.interrupt:
-                continue
-            model_input = self.scheduler.scale_model_input(latents, t)
-            scale = self._guidance_scale if in_guidance_interval(t, num_train_timesteps, interval) else 1.0
-            model = functools.partial(self._predict, t=t)
-            pred, used = guided_prediction(model, model_input, cond, uncond, scale, self._guidance_rescale)
-            rows += used
-            latents = self.scheduler.step(pred, t, latents, **step_kwargs).prev_sample
-            text = (uncond["encoder_hidden_states"], cond["encoder_hidden_states"])
-            latents, text = step_callback(self, callback, i, t, latents, tensor_inputs, text)
-            uncond, cond = {**uncond, "encoder_hidden_states": text[0]}, {**cond, "encoder_hidden_states": text[1]}
-        return latents, rows
+    def _callback_pair(self, conditions: dict) -> tuple:
+        return conditions["uncond"]["encoder_hidden_states"], conditions["cond"]["encoder_hidden_states"]
+
+    def _with_callback_pair(self, conditions: dict, pair: tuple) -> dict:
+        uncond = {**conditions["uncond"], "encoder_hidden_states": pair[0]}
+        return {**conditions, "uncond": uncond, "cond": {**conditions["cond"], "encoder_hidden_states": pair[1]}}
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> images in [-1, 1] (model space), through the VAE decoder."""
@@ -279,9 +182,10 @@ class LatentCFGPipeline(GuidedPipelineState, DiffusionPipeline):
         guidance_interval: tuple[float, float] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
-        callback_on_step_end: StepCallback | None = None,
+        callback_on_step_end: Callable[[Any, int, Any, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
         cross_attention_kwargs: dict[str, Any] | None = None,
+        guidance: Any = None,
     ) -> CondiffPipelineOutput | tuple:
         r"""Generate images for text prompts.
 
@@ -309,6 +213,9 @@ class LatentCFGPipeline(GuidedPipelineState, DiffusionPipeline):
             callback_on_step_end_tensor_inputs: tensors passed to the callback: "latents", "prompt_embeds",
                 "negative_prompt_embeds" (N rows).
             cross_attention_kwargs: passed to the UNet's attention processors (e.g. `{"scale": 0.5}` for a LoRA).
+            guidance: "cfg" (default), a condiff `Guidance` object (`guiders.py`) or a diffusers guider
+                (`diffusers.guiders.*`, which brings its own scale; PAG and other attention-perturbing guiders need
+                a layer config naming this UNet's attention blocks).
 
         Examples:
         ```py
@@ -317,15 +224,10 @@ class LatentCFGPipeline(GuidedPipelineState, DiffusionPipeline):
         ```
         """
         check_positive_int("num_images_per_prompt", num_images_per_prompt, MAX_IMAGES_PER_CALL)
-        scale = self.config.default_guidance_scale if guidance_scale is None else guidance_scale
-        steps = self.config.default_num_inference_steps if num_inference_steps is None else num_inference_steps
-        interval = tuple(self.config.default_guidance_interval) if guidance_interval is None else guidance_interval
-        check_positive_int("num_inference_steps", steps, self.scheduler.config.num_train_timesteps)
-        check_guidance_arguments(scale, guidance_rescale, interval)
-        check_output_type(output_type)
-        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        check_callback_inputs(callback_on_step_end_tensor_inputs, self._callback_tensor_inputs, callback_on_step_end)
+        steps, scale, interval, tensor_inputs = self._call_settings(
+            num_inference_steps, guidance_scale, guidance_interval, guidance_rescale, output_type,
+            callback_on_step_end, callback_on_step_end_tensor_inputs)  # fmt: skip
+        method = self._guidance(guidance, interval, guidance_scale, guidance_interval)
         n_prompts = len(check_prompts("prompt", prompt)) if prompt is not None else None
         n_prompts = n_prompts or (len(prompt_embeds) if isinstance(prompt_embeds, torch.Tensor) else 1)
         batch = n_prompts * num_images_per_prompt
@@ -342,19 +244,14 @@ class LatentCFGPipeline(GuidedPipelineState, DiffusionPipeline):
         cond, uncond = {"encoder_hidden_states": per_image(text)}, {"encoder_hidden_states": per_image(null)}
         if classes is not None:
             cond["class_labels"], uncond["class_labels"] = per_image(classes[0]), per_image(classes[1])
-        self._guidance_scale, self._guidance_rescale, self._interrupt = scale, guidance_rescale, False
-        self._cross_attention_kwargs = cross_attention_kwargs
-        latents = initial_noise(
-            shape, generator, latents, self._execution_device, self.unet.dtype, self.scheduler.init_noise_sigma
-        )
-        self.scheduler.set_timesteps(steps, device=latents.device)
-        check_schedule(self.scheduler)
-        self._num_timesteps = len(self.scheduler.timesteps)
-        latents, rows = self._denoise(
-            latents, cond, uncond, interval, generator, callback_on_step_end, callback_on_step_end_tensor_inputs
-        )
-        images = latents if output_type == "latent" else to_output_type(self.decode_latents(latents), output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (images,)
-        return CondiffPipelineOutput(images=images, nfe_per_image=rows / batch)
+        self._guidance_scale = getattr(method, "guidance_scale", scale)
+        self._guidance_rescale, self._cross_attention_kwargs = guidance_rescale, cross_attention_kwargs
+        latents, rows = self._sample(
+            shape, steps, method, {"cond": cond, "uncond": uncond}, generator, latents, callback_on_step_end,
+            tensor_inputs)  # fmt: skip
+        images = latents if output_type == "latent" else self.decode_latents(latents)
+        return self._output(images, output_type, return_dict, rows, batch)
+
+
+# diffusers' custom-pipeline loader accepts one DiffusionPipeline subclass per file: unbind the shared base.
+del CondiffPipeline

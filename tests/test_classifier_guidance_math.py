@@ -1,4 +1,4 @@
-"""Classifier-guidance formulas in pipelines/guidance.py (Dhariwal & Nichol 2021, DESIGN.md section 3)."""
+"""Classifier-guidance formulas in pipelines/guidance.py (Dhariwal & Nichol 2021, Algorithms 1 and 2)."""
 
 from __future__ import annotations
 

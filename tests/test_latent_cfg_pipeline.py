@@ -301,3 +301,30 @@ def test_dtype_reaches_the_named_text_encoder(pipe, tmp_path):
         assert loaded.encode_prompt("a")[0].dtype == torch.bfloat16
     pipe.to(torch.bfloat16)
     assert pipe.text_encoder.dtype == torch.bfloat16
+
+
+def test_diffusers_guiders_drive_the_text_pipeline(pipe):
+    """A combining guider equals condiff's CFG; PAG, naming this UNet's attention blocks, perturbs the conditional
+    branch in a third pass, counted as the guider counts its conditions."""
+    guiders = pytest.importorskip("diffusers.guiders")
+    from diffusers.hooks import LayerSkipConfig
+
+    def sample(**kwargs):
+        return pipe("a seven", generator=torch.Generator().manual_seed(0), num_inference_steps=3, **kwargs)
+
+    cfg = sample(output_type="latent", guidance_scale=4.0)
+    guided = sample(output_type="latent", guidance=guiders.ClassifierFreeGuidance(guidance_scale=4.0))
+    assert torch.allclose(cfg.images, guided.images, atol=1e-5) and cfg.nfe_per_image == guided.nfe_per_image == 6
+    blocks = "mid_block.attentions.0.transformer_blocks"
+    layers = LayerSkipConfig(indices=[0], fqn=blocks, skip_attention=False, skip_attention_scores=True)
+    pag = guiders.PerturbedAttentionGuidance(
+        guidance_scale=4.0, perturbed_guidance_scale=2.0, perturbed_guidance_config=layers,
+        perturbed_guidance_start=0.0, perturbed_guidance_stop=1.0,
+    )  # fmt: skip
+    out = sample(output_type="latent", guidance=pag)
+    conditions = []
+    for i, t in enumerate(pipe.scheduler.timesteps):  # the guider's own count of conditions per step
+        pag.set_state(step=i, num_inference_steps=3, timestep=t)
+        conditions.append(pag.num_conditions)
+    assert 3 in conditions and out.nfe_per_image == sum(conditions) and torch.isfinite(out.images).all()
+    assert not torch.allclose(out.images, cfg.images, atol=1e-4)

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from condiff.pipelines.checks import unet_sample_size
-from condiff.pipelines.sampling import unet_extra_inputs
+from condiff.pipelines.networks import unet_extra_inputs
 from torch.utils.flop_counter import FlopCounterMode
 
 from condiff.evaluation.sampling import default_num_inference_steps, nfe_per_image, pipeline_device, synchronize

@@ -1,7 +1,7 @@
-"""The textbook CFG sampler of the course notes (DESIGN.md section 6), the baseline of the speed benchmarks: every
-one of the scheduler's training timesteps with DDPM, and per step a forward pass with the labels and a second,
-separate one with the null class, combined with condiff's `cfg_combine`. It differs from the pipeline only in that
-the two branches are never batched together and both run at every scale (also 0 and 1)."""
+"""The textbook CFG sampler (Ho & Salimans 2022, as the popular MNIST CFG scripts write it), the baseline of the
+speed benchmarks: every one of the scheduler's training timesteps with DDPM, and per step a forward pass with the
+labels and a second, separate one with the null class, combined with condiff's `cfg_combine`. It differs from the
+pipeline only in that the two branches are never batched together and both run at every scale (also 0 and 1)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from condiff.pipelines.checks import unet_sample_size
 from condiff.pipelines.guidance import cfg_combine
-from condiff.pipelines.sampling import unet_extra_inputs
+from condiff.pipelines.networks import unet_extra_inputs
 from diffusers import DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 

@@ -105,8 +105,10 @@ def guidance_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         given = [flag for flag, value in CG_ONLY.items() if getattr(args, value) is not None]
         if given:
             raise ValueError(f"{given[0]} needs --pipeline classifier-guided")
-        return {} if args.guidance_scale is None else {"guidance_scale": args.guidance_scale}
+        kwargs = {} if args.guidance_scale is None else {"guidance_scale": args.guidance_scale}
+        return kwargs | ({} if args.guidance is None else {"guidance": args.guidance})
     kwargs = {"guidance_scale": args.guidance_scale, "guidance_method": args.guidance_method}
+    kwargs |= {} if args.guidance is None else {"guidance": args.guidance}
     return kwargs | ({} if args.classifier_scale is None else {"classifier_scale": args.classifier_scale})
 
 
@@ -249,11 +251,19 @@ def add_model_arguments(s: argparse.ArgumentParser) -> None:
         "--steps", type=int_in(1, 10_000), default=None, help="inference steps (default: the model's own, 10 shipped)"
     )
     s.add_argument(
+        "--guidance",
+        choices=("cfg", "autoguidance"),
+        default=None,
+        help="cfg (classifier-free guidance) or autoguidance (the model guided by its smaller guide_unet; Karras et "
+        "al. 2024); default: the model's own",
+    )
+    s.add_argument(
         "--guidance-scale",
         type=float_in(0.0),
         default=None,
-        help="classifier-free guidance scale w: 0 unconditional, 1 conditional, > 1 guided (default: the model's "
-        "own, 3.5 for the shipped model; for classifier-guided only with a class-conditional UNet)",
+        help="guidance scale w: CFG 0 unconditional, 1 conditional, > 1 guided; autoguidance 1 = the model alone "
+        "(default: the model's own, 3.5 for the shipped model; for classifier-guided only with a class-conditional "
+        "UNet)",
     )
     s.add_argument(
         "--classifier-scale",

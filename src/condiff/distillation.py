@@ -26,7 +26,7 @@ from condiff.pipelines.guidance import (
     predicted_original,
     prediction_for_original,
 )
-from condiff.pipelines.sampling import unet_extra_inputs
+from condiff.pipelines.networks import unet_extra_inputs
 
 STUDENT_ONLY_WEIGHTS = {"time_embedding.cond_proj.weight"}
 

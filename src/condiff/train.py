@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> Path:
     argv = sys.argv[1:] if argv is None else list(argv)
     parsed = parse(argv)
     from condiff.engine.checkpoints import CheckpointError
-    from condiff.engine.outputs import OutputWriteError
+    from condiff.engine.export import OutputWriteError
     from condiff.engine.signals import TrainingInterrupted
     from condiff.engine.trainer import NonFiniteLossError
     from condiff.hub import HubUploadError

@@ -22,7 +22,7 @@ from condiff.engine.checkpoints import (
     prune_checkpoints,
     resume_candidates,
 )
-from condiff.engine.outputs import OutputWriteError
+from condiff.engine.export import OutputWriteError
 from condiff.engine.trainer import NonFiniteLossError
 from condiff.train import main
 

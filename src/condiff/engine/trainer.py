@@ -36,8 +36,8 @@ from condiff.engine.distributed import (
     process_cpu_seconds,
 )
 from condiff.engine.ema import make_ema
+from condiff.engine.export import log_validation, push_outputs, save_outputs
 from condiff.engine.output_dir import check_output_dir, clear_earlier_run
-from condiff.engine.outputs import log_validation, push_outputs, save_outputs
 from condiff.engine.resume import resume
 from condiff.engine.signals import StopRequest, TrainingInterrupted
 from condiff.engine.task import Modules, Task

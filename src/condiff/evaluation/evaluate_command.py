@@ -62,15 +62,18 @@ def resolved_settings(pipe: Any, guidance: dict[str, Any]) -> dict[str, Any]:
         return {
             "guidance_method": guidance.get("guidance_method") or pipe.default_guidance_method(),
             "classifier_scale": float(cfg.default_classifier_scale if scale is None else scale),
-            "guidance_scale": (1.0 if w is None else w) if pipe.class_conditional_unet else None,
+            "guidance_scale": None
+            if not pipe.class_conditional_unet
+            else pipe.default_guidance_scale
+            if w is None
+            else w,
             "scheduler": type(pipe.scheduler).__name__,
         }
-    default = getattr(type(pipe), "default_guidance_scale", None)  # class-conditional: a property (None -> 3, clamped)
-    default = pipe.default_guidance_scale if isinstance(default, property) else cfg.get("default_guidance_scale")
+    method = guidance.get("guidance") or cfg.get("default_guidance") or "cfg"
     return {
-        "guidance_method": "classifier-free",
+        "guidance_method": "classifier-free" if method == "cfg" else method,
         "classifier_scale": None,
-        "guidance_scale": float(default if w is None else w),
+        "guidance_scale": float(pipe.default_guidance_scale if w is None else w),
         "scheduler": type(pipe.scheduler).__name__,
     }
 

@@ -62,7 +62,7 @@ class CFGTask(ImageDataTask):
         plan_grid_size(self.args, "validation_images_per_class", total_steps, FULL_GRID_PER_CLASS)
 
     def build(self) -> Modules:
-        from condiff.pipelines.sampling import unet_extra_inputs
+        from condiff.pipelines.networks import unet_extra_inputs
 
         unet, self.noise_scheduler = build_denoiser(self.args, self.data.channels, self.data.num_classes)
         self.unet_inputs = unet_extra_inputs(unet)  # read here: the engine may wrap the UNet (DDP) afterwards

@@ -1,0 +1,63 @@
+"""The guidance frontier on the shipped class-conditional model: accuracy against Frechet distance / same-N floor for
+CFG, CFG on an interval, autoguidance (with the shipped guide_unet), autoguidance on an interval, autoguidance + CFG,
+diffusers' APG and CFG-Zero*, and classifier guidance + CFG (the shipped noise-aware classifier), each over a sweep of
+its scale; 1,000 samples per point (100 per class), seed 0 for every point, the model's default sampler and steps.
+
+    python benchmarks/guidance_frontier.py                 # the published run (resumes from the .jsonl file)
+    python benchmarks/guidance_frontier.py --num-per-class 10 --out-dir /tmp/frontier   # smoke run
+
+Writes <out-dir>/guidance_frontier.{jsonl,json,md,png}. The code is `condiff.evaluation.frontier`.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from condiff.pipelines.noise_aware_classifier import NoiseAwareClassifier
+
+from condiff import ClassConditionalDDPMPipeline, ClassifierGuidedPipeline, shipped_model_path
+from condiff.evaluation import evaluate_pipeline
+from condiff.evaluation.frontier import default_methods, frontier_markdown, measure, plot_frontier
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    p.add_argument("--num-per-class", type=int, default=100)
+    p.add_argument("--methods", nargs="*", default=None, help="names of the methods to run (default: all)")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = ClassConditionalDDPMPipeline.from_pretrained(shipped_model_path())
+    if cfg.guide_unet is None:
+        print("error: the shipped model has no guide_unet", file=sys.stderr)
+        return 2
+    classifier_folder = shipped_model_path("classifier-guided") / "classifier"
+    classifier = NoiseAwareClassifier.from_pretrained(classifier_folder).eval()
+    cg = ClassifierGuidedPipeline(unet=cfg.unet, scheduler=cfg.scheduler, classifier=classifier)
+    for pipe in (cfg, cg):
+        pipe.set_progress_bar_config(disable=True)
+    interval = tuple(cfg.config.default_guidance_interval)
+    ag_interval = tuple(cfg.config.get("default_guidance_interval"))
+    methods = default_methods(interval, ag_interval, cfg.config.get("autoguidance_cfg_scale") or 2.0)
+    methods = [m for m in methods if args.methods is None or m.name in args.methods]
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    points = args.out_dir / "guidance_frontier.jsonl"
+    rows = []
+    for row in measure({"cfg": cfg, "cg": cg}, methods, points, evaluate_pipeline, args.num_per_class):
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    steps, scheduler = cfg.config.default_num_inference_steps, type(cfg.scheduler).__name__
+    header = (f"# Guidance frontier: shipped MNIST model, {scheduler} {steps} steps, {10 * args.num_per_class} "
+              "samples per point, seed 0 (`python benchmarks/guidance_frontier.py`)")  # fmt: skip
+    (args.out_dir / "guidance_frontier.md").write_text(frontier_markdown(rows, header))
+    (args.out_dir / "guidance_frontier.json").write_text(json.dumps(rows, indent=1) + "\n")
+    plot_frontier(rows, args.out_dir / "guidance_frontier.png")
+    print((args.out_dir / "guidance_frontier.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""The classifier component of classifier guidance: which kind it is, whether it fits the UNet and scheduler, and
+its code saved next to its weights so a folder loads without condiff.
+
+Part of the Hub-loadable pipeline code: imports only torch, diffusers and the standard library.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from .checks import unet_sample_size
+
+CLASSIFIER_FILE = "noise_aware_classifier.py"
+HUB_KWARGS = ("cache_dir", "token", "revision", "local_files_only", "force_download", "proxies")
+
+
+def is_noise_aware(classifier: Any) -> bool:
+    """A noise-aware classifier takes (x_t, t) and records its schedule length; a clean one takes images only."""
+    return "num_train_timesteps" in getattr(classifier, "config", {})
+
+
+def check_classifier_fits(unet_cfg: Any, classifier: Any, scheduler_config: Any) -> None:
+    """Raise a ValueError when `classifier` does not fit the UNet and scheduler (classes, channels, image size, number
+    of training timesteps); an unconditional UNet, or a class-conditional one with the null class, alone is fine."""
+    class_conditional_unet, clf = unet_cfg.num_class_embeds is not None, classifier
+    if class_conditional_unet and unet_cfg.num_class_embeds < 2:
+        raise ValueError("unet must be unconditional or have num_class_embeds = number of classes + 1")
+    if clf is None:
+        return
+    c = clf.config
+    if class_conditional_unet and c.num_classes != unet_cfg.num_class_embeds - 1:
+        raise ValueError(
+            f"classifier has {c.num_classes} classes but the class-conditional unet has "
+            f"{unet_cfg.num_class_embeds - 1} (num_class_embeds includes the null class)"
+        )
+    if c.in_channels != unet_cfg.in_channels:
+        raise ValueError(f"classifier takes {c.in_channels} channels but the unet makes {unet_cfg.in_channels}")
+    size = c.get("sample_size", c.get("image_size"))
+    if size is not None and unet_sample_size(unet_cfg) != (size, size):
+        raise ValueError(f"classifier takes {size}x{size} images but the unet makes {unet_sample_size(unet_cfg)}")
+    trained_on, steps = c.get("num_train_timesteps"), scheduler_config.num_train_timesteps
+    if trained_on is not None and trained_on != steps:
+        raise ValueError(
+            f"classifier was trained on {trained_on} timesteps but the scheduler has num_train_timesteps={steps}"
+        )
+
+
+def save_classifier_code(classifier: Any, save_directory: str | os.PathLike) -> None:
+    """Copy a `NoiseAwareClassifier`'s code next to its saved weights and name it in model_index.json."""
+    if classifier is None or type(classifier).__name__ != "NoiseAwareClassifier":
+        return
+    source = Path(sys.modules[type(classifier).__module__].__file__)
+    shutil.copyfile(source, Path(save_directory) / "classifier" / CLASSIFIER_FILE)
+    index_path = Path(save_directory) / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index["classifier"] = [CLASSIFIER_FILE[:-3], "NoiseAwareClassifier"]
+    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def saved_classifier_is_ours(path: str | os.PathLike, kwargs: dict) -> bool:
+    """Whether the saved pipeline's model_index names a NoiseAwareClassifier saved with its code."""
+    from diffusers import DiffusionPipeline as _Pipeline
+
+    hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
+    try:
+        index = _Pipeline.load_config(path, **hub)
+    except (OSError, ValueError):
+        return False
+    return list(index.get("classifier") or [None, None])[1] == "NoiseAwareClassifier"

@@ -1,0 +1,237 @@
+"""`CondiffPipeline`: what every condiff pipeline shares. The loading guard, the call prologue (defaults from the
+config, argument and callback checks), the one denoising loop (model input scaling, the guided prediction from a
+guidance object, `scheduler.step`, callbacks, interrupt, the network-evaluation count) and the output conversion. A
+pipeline adds its conditions (labels, prompts, a classifier), its checks, its networks' forward (`_predict`) and
+`__call__`.
+
+Part of the Hub-loadable pipeline code: imports only torch, diffusers and the standard library.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+
+from .callbacks import Pair, step_callback
+from .checks import check_callback_inputs, check_output_type, check_positive_int, short_repr
+from .diffusers_guiders import diffusers_guidance, is_diffusers_guider
+from .guidance import check_guidance_arguments, concat_conditions, resolve_default_guidance_scale
+from .guiders import Autoguidance, ClassifierFreeGuidance, Guidance, Step
+from .labels import normalize_id2label
+from .outputs import CondiffPipelineOutput, to_output_type
+from .schedules import check_schedule, initial_noise, scheduler_step_kwargs
+from .weights import refusing_unsafe_pickles
+
+StepCallback = Callable[[Any, int, Any, dict], dict]
+Conditions = dict[str, Any]  # "cond" and "uncond": what the networks take for the condition and the null condition
+# branch name -> (network component, condition key); see guiders.py
+BRANCHES = {"cond": ("unet", "cond"), "uncond": ("unet", "uncond"), "guide": ("guide_unet", "cond")}
+BRANCHES["guide_uncond"] = ("guide_unet", "uncond")
+GUIDANCE_NAMES = ("cfg", "autoguidance")
+
+
+class CondiffPipeline(DiffusionPipeline):
+    """Base of condiff's pipelines. During a call, as in diffusers pipelines, `guidance_scale`, `guidance_rescale`,
+    `num_timesteps` and `interrupt` are properties backed by state the loop reads at every step, so a
+    `callback_on_step_end` may change them mid-call; calls on one pipeline are serialized (`locking.py`)."""
+
+    _guidance_scale: float = 1.0
+    _guidance_rescale: float = 0.0
+    _classifier_scale: float = 0.0
+    _num_timesteps: int = 0
+    _interrupt: bool = False
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
+        """diffusers' `from_pretrained`; weights load as diffusers loads them: safetensors first, a `.bin` through
+        torch's weights-only unpickler (`UnsafeWeightsError` if it holds more)."""
+        with refusing_unsafe_pickles():
+            pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        pipe._after_loading(kwargs)
+        return pipe
+
+    def _after_loading(self, kwargs: dict) -> None:
+        """What a pipeline does to the components `from_pretrained` loaded (nothing by default)."""
+
+    # ------------------------------------------------------------------------------------------------ call state
+    @property
+    def id2label(self) -> dict[int, str] | None:
+        return normalize_id2label(self.config.get("id2label"))
+
+    @property
+    def guidance_scale(self) -> float:
+        """The guidance w of the running call (CFG: 0 = unconditional, 1 = conditional; autoguidance: 1 = the main
+        model alone); read from `_guidance_scale` each step. A callback that sets `_guidance_scale = 0.0` mid-call
+        turns guidance off as in diffusers: the conditional prediction alone from the next step (stored as 1.0)."""
+        return self._guidance_scale
+
+    @property
+    def guidance_rescale(self) -> float:
+        return self._guidance_rescale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        """Whether a step inside the guidance interval runs both branches (scales 0 and 1 need only one)."""
+        return self._guidance_scale not in (0.0, 1.0)
+
+    @property
+    def num_timesteps(self) -> int:
+        """Denoising steps of the running call."""
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        """Set `pipe._interrupt = True` in a callback to skip the remaining steps (the output is the current state)."""
+        return self._interrupt
+
+    @property
+    def default_guidance_scale(self) -> float:
+        """The scale of a call that gives none, the same rule in every condiff pipeline: the config's
+        `default_guidance_scale`, else 3, clamped into a guidance-embedded model's `guidance_scale_range`."""
+        config = self.config
+        return resolve_default_guidance_scale(config.get("default_guidance_scale"), config.get("guidance_scale_range"))
+
+    # -------------------------------------------------------------------------------------------------- prologue
+    def _call_settings(
+        self,
+        num_inference_steps: Any,
+        guidance_scale: Any,
+        guidance_interval: Any,
+        guidance_rescale: Any,
+        output_type: Any,
+        callback: Any,
+        tensor_inputs: Any,
+    ) -> tuple[int, float, tuple[float, float], list[str]]:
+        """(steps, guidance scale, interval, callback tensor names) with the config's defaults, checked."""
+        config = self.config
+        steps = config.default_num_inference_steps if num_inference_steps is None else num_inference_steps
+        check_positive_int("num_inference_steps", steps, self.scheduler.config.num_train_timesteps)
+        scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
+        interval = tuple(config.default_guidance_interval) if guidance_interval is None else guidance_interval
+        check_guidance_arguments(scale, guidance_rescale, interval)
+        check_output_type(output_type)
+        if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)):  # diffusers' callbacks bring their own
+            tensor_inputs = callback.tensor_inputs
+        check_callback_inputs(tensor_inputs, self._callback_tensor_inputs, callback)
+        return steps, float(scale), tuple(float(v) for v in interval), list(tensor_inputs)
+
+    def _guidance(self, guidance: Any, interval: tuple[float, float], scale_arg: Any = None, interval_arg: Any = None):
+        """The guidance object of a call: "cfg" (None), "autoguidance", a `Guidance` object or a diffusers guider
+        (then the call's `scale_arg` and `interval_arg` must be None), checked before any sampling."""
+        if is_diffusers_guider(guidance):
+            return diffusers_guidance(guidance, self.unet, scale_arg, interval_arg)
+        if guidance is None or guidance == "cfg":
+            method = ClassifierFreeGuidance(interval)
+        elif guidance == "autoguidance":
+            config = self.config
+            cfg_interval = tuple(config.get("autoguidance_cfg_interval") or (0.0, 1.0))
+            method = Autoguidance(interval, float(config.get("autoguidance_cfg_scale") or 1.0), cfg_interval)
+        elif isinstance(guidance, Guidance):
+            method = guidance
+        else:
+            raise ValueError(
+                f"guidance must be one of {GUIDANCE_NAMES}, a condiff Guidance object or a diffusers guider, got "
+                f"{short_repr(guidance)}"
+            )
+        for component in method.needs:
+            if getattr(self, component, None) is None:
+                raise ValueError(
+                    f"guidance={method.name!r} needs the pipeline component {component!r}, which this pipeline does "
+                    f"not have: pass {component}= to the pipeline (from_pretrained or the constructor)"
+                )
+        return method
+
+    # ------------------------------------------------------------------------------------------------------ loop
+    def _predict(self, network: Any, sample: torch.Tensor, condition: Any, t: Any, scale: float | None) -> torch.Tensor:
+        """`network`'s output for `sample` under `condition` (`scale`: w for a guidance-embedded network)."""
+        raise NotImplementedError
+
+    def _callback_pair(self, conditions: Conditions) -> Pair:
+        """What a callback sees as (negative, positive) "prompt_embeds"."""
+        return conditions["uncond"], conditions["cond"]
+
+    def _with_callback_pair(self, conditions: Conditions, pair: Pair) -> Conditions:
+        return {**conditions, "uncond": pair[0], "cond": pair[1]}
+
+    def _evaluate(
+        self, x: torch.Tensor, names: Sequence[str], *, t: Any, conditions: Conditions, scale: Any, rows: list[int]
+    ) -> dict:
+        """The predictions of branches `names`, one batched pass per network; adds the rows run to `rows[0]`."""
+        unknown = [n for n in names if n not in BRANCHES]
+        if unknown:
+            raise ValueError(f"guidance asked for branches {unknown}; allowed: {list(BRANCHES)}")
+        out = {}
+        for network in ("unet", "guide_unet"):
+            mine = [n for n in names if BRANCHES[n][0] == network]
+            if not mine:
+                continue
+            condition = conditions[BRANCHES[mine[0]][1]]
+            for name in mine[1:]:
+                condition = concat_conditions(condition, conditions[BRANCHES[name][1]])
+            sample = torch.cat([x] * len(mine)) if len(mine) > 1 else x
+            prediction = self._predict(getattr(self, network), sample, condition, t, scale)
+            out.update(zip(mine, prediction.chunk(len(mine))))
+        rows[0] += len(names) * x.shape[0]
+        return out
+
+    def _denoise(
+        self,
+        latents: torch.Tensor,
+        guidance: Guidance,
+        conditions: Conditions,
+        generator: Any,
+        callback: StepCallback | None,
+        tensor_inputs: Sequence[str],
+    ) -> tuple[torch.Tensor, int]:
+        """The sampling loop; returns (final latents, network rows evaluated, a guiding model's rows included)."""
+        step_kwargs = scheduler_step_kwargs(self.scheduler, generator)
+        timesteps, rows = self.scheduler.timesteps, [0]
+        for i, t in enumerate(self.progress_bar(timesteps)):
+            if self.interrupt:
+                continue
+            model_input = self.scheduler.scale_model_input(latents, t)
+            step = Step(i, t, len(timesteps), latents, model_input, self.scheduler, self._guidance_scale,
+                        self._guidance_rescale, self._classifier_scale)  # fmt: skip
+            scale = guidance.network_scale(step)
+            evaluate = functools.partial(self._evaluate, t=t, conditions=conditions, scale=scale, rows=rows)
+            prediction = guidance.predict(step, evaluate)
+            latents = self.scheduler.step(prediction, t, latents, **step_kwargs).prev_sample
+            latents = guidance.after_step(step, latents)
+            latents, pair = step_callback(self, callback, i, t, latents, tensor_inputs, self._callback_pair(conditions))
+            conditions = self._with_callback_pair(conditions, pair)
+        return latents, rows[0]
+
+    def _sample(
+        self,
+        shape: tuple[int, ...],
+        steps: int,
+        guidance: Guidance,
+        conditions: Conditions,
+        generator: Any,
+        latents: torch.Tensor | None,
+        callback: StepCallback | None,
+        tensor_inputs: Sequence[str],
+        dtype: torch.dtype | None = None,
+    ) -> tuple[torch.Tensor, int]:
+        """Initial noise of `shape`, the schedule (refused up front when known to fail) and the loop."""
+        dtype = dtype or self.unet.dtype
+        device, sigma = self._execution_device, self.scheduler.init_noise_sigma
+        latents = initial_noise(shape, generator, latents, device, dtype, sigma)
+        self.scheduler.set_timesteps(steps, device=latents.device)
+        check_schedule(self.scheduler)
+        self._num_timesteps, self._interrupt = len(self.scheduler.timesteps), False
+        return self._denoise(latents, guidance, conditions, generator, callback, tensor_inputs)
+
+    def _output(self, images: torch.Tensor, output_type: str, return_dict: bool, rows: int, batch_size: int) -> Any:
+        """[-1, 1] images (or final latents, for "latent") in the requested type, as diffusers pipelines return."""
+        images = to_output_type(images, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return CondiffPipelineOutput(images=images, nfe_per_image=rows / batch_size)

@@ -1,0 +1,96 @@
+"""Prompt conditions of text pipelines: prompts or precomputed embeddings, negative prompts as the null condition, and
+diffusers' `encode_prompt`.
+
+Part of the Hub-loadable pipeline code: imports only torch and the standard library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .checks import MAX_IMAGES_PER_CALL, check_positive_int, short_repr
+from .text_encoding import encode_text, text_width
+
+
+def check_prompts(name: str, prompts: Any) -> list[str]:
+    """A string or a non-empty list of strings, as a list."""
+    if isinstance(prompts, str):
+        return [prompts]
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise ValueError(f"{name} must be a string or a non-empty list of strings, got {short_repr(prompts)}")
+    if not all(isinstance(p, str) for p in prompts):
+        raise TypeError(f"{name} must hold only strings, got {short_repr(prompts)}")
+    return list(prompts)
+
+
+class PromptConditionsMixin:
+    """For a pipeline with `text_encoder`, `tokenizer`, `unet` (its `cross_attention_dim`) and `max_text_length` in
+    its config: prompts to the (conditional, null-or-negative) embeddings pair the sampling loop takes."""
+
+    def _embeds_dtype(self) -> torch.dtype:
+        """The UNet's dtype; the text encoder's in a pipeline built with a text encoder alone."""
+        return (self.unet if self.unet is not None else self.text_encoder).dtype
+
+    def _encode(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Text-encoder hidden states (N, max_text_length, width) on the execution device, in `_embeds_dtype`."""
+        if self.text_encoder is None:
+            raise ValueError("this pipeline has no text encoder (text_encoder_name_or_path=None): pass prompt_embeds")
+        embeds = encode_text(self.text_encoder, self.tokenizer, prompts, self.config.max_text_length)
+        return embeds.to(self._execution_device, self._embeds_dtype())
+
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None,
+        device: torch.device | None = None,
+        num_images_per_prompt: int = 1,
+        do_classifier_free_guidance: bool = True,
+        negative_prompt: str | list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """diffusers' `encode_prompt`: `(prompt_embeds, negative_prompt_embeds)`, each (N * num_images_per_prompt,
+        max_text_length, width), one row per image; the negative ones are the null condition "" unless
+        `negative_prompt(_embeds)` is given, and None when `do_classifier_free_guidance` is False. Works on a
+        pipeline built with a text encoder alone (`unet=None, vae=None`); pass the results to `__call__`."""
+        check_positive_int("num_images_per_prompt", num_images_per_prompt, MAX_IMAGES_PER_CALL)
+        prompt_embeds, negative_prompt_embeds = self.text_conditions(
+            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds
+        )
+        device = device or self._execution_device
+        prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0).to(device)
+        negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0).to(device)
+        if not do_classifier_free_guidance:
+            negative_prompt_embeds = None
+        return prompt_embeds, negative_prompt_embeds
+
+    def _check_embeds(self, name: str, embeds: Any) -> torch.Tensor:
+        width = self.unet.config.cross_attention_dim if self.unet is not None else text_width(self.text_encoder)
+        if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3 or embeds.shape[-1] != width:
+            got = tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__
+            raise ValueError(f"{name} must be a tensor of shape (N, tokens, {width}), got {got}")
+        return embeds.to(self._execution_device, self._embeds_dtype())
+
+    def text_conditions(
+        self, prompt: Any, negative_prompt: Any, prompt_embeds: Any, negative_prompt_embeds: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prompt embeddings, null-or-negative embeddings), one row per prompt; raises on inconsistent input."""
+        if (prompt is None) == (prompt_embeds is None):
+            raise ValueError("pass exactly one of prompt and prompt_embeds")
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("pass at most one of negative_prompt and negative_prompt_embeds")
+        cond = self._encode(check_prompts("prompt", prompt)) if prompt is not None else None
+        cond = cond if cond is not None else self._check_embeds("prompt_embeds", prompt_embeds)
+        n = len(cond)
+        if negative_prompt_embeds is not None:
+            uncond = self._check_embeds("negative_prompt_embeds", negative_prompt_embeds)
+            if uncond.shape != cond.shape:
+                raise ValueError(f"negative_prompt_embeds shape {tuple(uncond.shape)} != prompt's {tuple(cond.shape)}")
+            return cond, uncond
+        negatives = [""] if negative_prompt is None else check_prompts("negative_prompt", negative_prompt)
+        if len(negatives) not in (1, n):
+            raise ValueError(f"negative_prompt has {len(negatives)} entries but there are {n} prompts; give 1 or {n}")
+        uncond = self._encode(negatives)
+        return cond, uncond.expand(n, -1, -1) if len(uncond) == 1 else uncond

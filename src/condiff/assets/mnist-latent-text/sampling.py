@@ -1,1 +1,0 @@
-../../../../pipelines/sampling.py
