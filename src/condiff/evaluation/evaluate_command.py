@@ -57,23 +57,20 @@ def resolved_settings(pipe: Any, guidance: dict[str, Any]) -> dict[str, Any]:
     """The guidance a call with `guidance` runs on `pipe`: method, classifier scale (None without a classifier),
     CFG scale (None where it does not apply: an unconditional UNet) and scheduler class, defaults resolved."""
     cfg, w = pipe.config, guidance.get("guidance_scale")
+    w = pipe.default_guidance_scale if w is None else w
     if hasattr(pipe, "default_guidance_method"):  # classifier-guided
         scale = guidance.get("classifier_scale")
         return {
             "guidance_method": guidance.get("guidance_method") or pipe.default_guidance_method(),
             "classifier_scale": float(cfg.default_classifier_scale if scale is None else scale),
-            "guidance_scale": None
-            if not pipe.class_conditional_unet
-            else pipe.default_guidance_scale
-            if w is None
-            else w,
+            "guidance_scale": w if pipe.class_conditional_unet else None,
             "scheduler": type(pipe.scheduler).__name__,
         }
     method = guidance.get("guidance") or cfg.get("default_guidance") or "cfg"
     return {
         "guidance_method": "classifier-free" if method == "cfg" else method,
         "classifier_scale": None,
-        "guidance_scale": float(pipe.default_guidance_scale if w is None else w),
+        "guidance_scale": float(w),
         "scheduler": type(pipe.scheduler).__name__,
     }
 
