@@ -40,8 +40,8 @@ def main() -> int:
     for pipe in (cfg, cg):
         pipe.set_progress_bar_config(disable=True)
     interval = tuple(cfg.config.default_guidance_interval)
-    ag_interval = tuple(cfg.config.get("default_guidance_interval"))
-    methods = default_methods(interval, ag_interval, cfg.config.get("autoguidance_cfg_scale") or 2.0)
+    # autoguidance's own interval and the CFG scale on top: the best of the probes before this run (issue 20 note)
+    methods = default_methods(interval, ag_interval=(0.3, 0.6), ag_cfg=2.0)
     methods = [m for m in methods if args.methods is None or m.name in args.methods]
     args.out_dir.mkdir(parents=True, exist_ok=True)
     points = args.out_dir / "guidance_frontier.jsonl"

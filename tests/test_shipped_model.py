@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from conftest import sample_without_condiff
 from PIL import Image
@@ -67,3 +68,23 @@ def test_shipped_folder_loads_without_condiff_from_its_own_code(tmp_path):
     pipe.set_progress_bar_config(disable=True)
     expected = pipe(label=[3, 3], num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="pt")
     assert torch.allclose(images, expected.images, atol=1e-5)
+
+
+def test_the_shipped_guide_autoguides_and_the_cli_flag_reaches_it(tmp_path):
+    """The shipped guide_unet fits the model (checked at load), autoguidance over every step costs one main and one
+    guide row per step, and `--guidance autoguidance` samples readable digits; a model without a guide is refused
+    with the component's name before sampling."""
+    pipe = ClassConditionalDDPMPipeline.from_pretrained(shipped_model_path())
+    pipe.set_progress_bar_config(disable=True)
+    assert sum(p.numel() for p in pipe.guide_unet.parameters()) < sum(p.numel() for p in pipe.unet.parameters()) / 3
+    out = pipe(label=[7] * 8, guidance="autoguidance", guidance_scale=1.5, guidance_interval=(0, 1),
+               generator=torch.Generator().manual_seed(0), output_type="pt")  # fmt: skip
+    assert out.nfe_per_image == 20  # 10 DPM-Solver++ steps x (model + guide)
+    _, logits = classifier_features_and_logits(default_classifier(), out.images * 2 - 1)
+    assert (logits.argmax(1) == 7).sum() >= 7
+    grid = tmp_path / "sevens.png"
+    argv = ["generate", "--label", "7", "--guidance", "autoguidance", "--num-images", "4", "--out", str(grid)]
+    assert cli_main(argv + ["--quiet"]) == 0 and grid.exists()
+    pipe.register_modules(guide_unet=None)
+    with pytest.raises(ValueError, match="guide_unet"):
+        pipe(label=7, guidance="autoguidance")
