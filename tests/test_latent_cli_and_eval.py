@@ -54,7 +54,7 @@ def test_evaluate_scores_a_text_model_on_held_out_prompts(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["pipeline"] == "latent" and report["num_samples"] == 10 and 0 <= report["accuracy"] <= 1
     assert report["guidance_method"] == "classifier-free" and report["classifier_scale"] is None
-    assert report["guidance_scale"] == 2.0  # the shipped text model's default_guidance_scale
+    assert report["guidance_scale"] == 3.0  # the shipped text model's default_guidance_scale
     assert report["scheduler"] == "DPMSolverMultistepScheduler" and report["num_inference_steps"] == 2
     assert "held-out phrasings" in report["notes"]["prompts"] and "attributes" not in report
 
@@ -92,3 +92,21 @@ def test_prompted_pipeline_cycles_held_out_phrasings_per_digit(encoder_folder):
     assert torch.equal(seen[0][2], pipe.encode_prompt(["thin"])[0][0])
     adapter.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     assert isinstance(pipe.scheduler, DDIMScheduler) and adapter.config is pipe.config
+
+
+def test_held_out_phrasing_styles_are_not_training_captions():
+    from condiff.captions import training_caption_set
+    from condiff.evaluation.text_prompts import held_out_styles
+
+    train = {caption.lower().strip() for caption in training_caption_set()}
+    styles = held_out_styles()
+    assert len(styles) >= 5
+    for name, phrasings in styles.items():
+        for digit in range(10):
+            prompts = phrasings(digit)
+            assert prompts and not {p.lower().strip() for p in prompts} & train, (name, digit)
+            if name != "eval":
+                assert any(str(digit) in p or DIGIT_WORDS[digit] in p for p in prompts)
+
+
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")

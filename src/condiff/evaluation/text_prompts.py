@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from condiff.captions import attribute_prompts, evaluation_prompts, measure_attributes
+from condiff.captions import DIGIT_NAMES, attribute_prompts, evaluation_prompts, measure_attributes
 from condiff.evaluation.sampling import generate_samples
 
 Phrasings = Callable[[int], list[str]]
@@ -109,3 +109,41 @@ def negative_prompt_shift(pipe: Any, attribute: str, low: str, high: str, per_di
         measured, _, accuracy = measured_samples(pipe, evaluation_prompts, per_digit, negative, **call)
         result[name] = {"mean": float(np.nanmean(measured[attribute])), "accuracy": accuracy}
     return result
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "8aeiou" and not word.startswith("one") else "a"
+
+
+def held_out_styles() -> dict[str, Phrasings]:
+    """Phrasing styles a text model never saw in training (`captions.training_caption_set`; a test checks), each a
+    function digit -> phrasings, plus "eval", the evaluation prompts: prompt adherence across ways of asking."""
+
+    def handwritten(d: int) -> list[str]:
+        n, k = DIGIT_NAMES[d], str(d)
+        return [f"a handwritten digit {n}", f"a handwritten {k}", f"handwritten number {n}", f"a hand-drawn {n}"]
+
+    def numeral(d: int) -> list[str]:
+        n, k = DIGIT_NAMES[d], str(d)
+        return [f"the number {k}", f"the numeral {k}", f"digit {k}", f"number {n}"]
+
+    def descriptive(d: int) -> list[str]:
+        n, k = DIGIT_NAMES[d], str(d)
+        return [f"a picture of the numeral {n}", f"a photo of the digit {k}", f"an image showing the number {n}",
+                f"a drawing of {_article(n)} {n}"]  # fmt: skip
+
+    def terse(d: int) -> list[str]:
+        n, k = DIGIT_NAMES[d], str(d)
+        return [f"{k}.", f"{n}!", f"digit: {k}", f"#{k}"]
+
+    def sentence(d: int) -> list[str]:
+        n, k = DIGIT_NAMES[d], str(d)
+        return [
+            f"write the digit {n}",
+            f"draw {_article(k)} {k}",
+            f"an mnist {n}",
+            f"a white {n} on a black background",
+        ]
+
+    return {"eval": evaluation_prompts, "handwritten": handwritten, "numeral": numeral, "descriptive": descriptive,
+            "terse": terse, "sentence": sentence}  # fmt: skip
