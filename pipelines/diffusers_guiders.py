@@ -52,16 +52,15 @@ def check_perturbed_layers(guider: Any, network: Any) -> None:
     except ImportError:
         auto_names = ("transformer_blocks", "single_transformer_blocks", "blocks")
     modules = dict(network.named_modules())
-    names = [f"{type(guider).__name__}"]
     blocks = sorted(n for n in modules if n.endswith("transformer_blocks"))
     hint = f"this UNet's attention blocks: {blocks}" if blocks else "this UNet has no attention blocks"
     for config in layer_configs(guider):
         wanted = auto_names if config.fqn == "auto" else (config.fqn,)
         if not any(name in modules for name in wanted):
             raise ValueError(
-                f"guidance={names[0]} perturbs the layers fqn={config.fqn!r} (it hooks the network in prepare_models), "
-                f"which this UNet does not have ({hint}); give the guider a layer config naming one of them, or use "
-                "a guider that only combines predictions (ClassifierFreeGuidance, AdaptiveProjectedGuidance, "
+                f"guidance={type(guider).__name__} perturbs the layers fqn={config.fqn!r} (it hooks the network in "
+                f"prepare_models), which this UNet does not have ({hint}); give the guider a layer config naming one "
+                "of them, or use a guider that only combines predictions (ClassifierFreeGuidance, AdaptiveProjectedGuidance, "
                 "ClassifierFreeZeroStarGuidance, TangentialClassifierFreeGuidance, FrequencyDecoupledGuidance)"
             )
 

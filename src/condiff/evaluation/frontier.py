@@ -56,16 +56,16 @@ def default_methods(interval: tuple[float, float], ag_interval: tuple[float, flo
         return lambda w: {"guidance": Autoguidance(window, cfg_scale, interval), "guidance_scale": w}
 
     return [
-        Method("CFG", [1.0, 1.5, 2.0, 3.0, 4.0], cfg(every)),
-        Method(f"CFG on {interval}", [2.0, 3.0, 3.5, 5.0, 7.0], cfg(interval)),
-        Method("autoguidance", [1.5, 2.0, 2.5, 3.0], auto(every)),
-        Method(f"autoguidance on {ag_interval}", [2.0, 3.0, 4.0, 6.0], auto(ag_interval)),
-        Method(f"autoguidance + CFG {ag_cfg:g} on {interval}", [1.0, 1.5, 2.0, 2.5], auto(every, ag_cfg)),
-        Method("APG (eta 0)", [2.0, 3.0, 5.0, 8.0], diffusers_guider("AdaptiveProjectedGuidance", eta=0.0)),
-        Method("CFG-Zero*", [1.5, 2.0, 3.0, 4.0], diffusers_guider("ClassifierFreeZeroStarGuidance")),
+        Method("CFG", [1.0, 1.5, 2.0, 3.0], cfg(every)),
+        Method(f"CFG on {interval}", [2.0, 3.0, 3.5, 5.0], cfg(interval)),
+        Method("autoguidance", [1.5, 2.0, 3.0], auto(every)),
+        Method(f"autoguidance on {ag_interval}", [2.0, 4.0], auto(ag_interval)),
+        Method(f"autoguidance + CFG {ag_cfg:g} on {interval}", [1.5, 2.0], auto(every, ag_cfg)),
+        Method("APG (eta 0)", [3.5, 6.0], diffusers_guider("AdaptiveProjectedGuidance", eta=0.0)),
+        Method("CFG-Zero*", [2.0, 3.0], diffusers_guider("ClassifierFreeZeroStarGuidance")),
         Method(
             "CG (score) + CFG 2",
-            [1.0, 3.0, 5.0, 10.0],
+            [3.0, 5.0],
             lambda s: {"classifier_scale": s, "guidance_scale": 2.0, "guidance_interval": every},
             "cg",
         ),  # fmt: skip
