@@ -60,8 +60,9 @@ def check_perturbed_layers(guider: Any, network: Any) -> None:
             raise ValueError(
                 f"guidance={type(guider).__name__} perturbs the layers fqn={config.fqn!r} (it hooks the network in "
                 f"prepare_models), which this UNet does not have ({hint}); give the guider a layer config naming one "
-                "of them, or use a guider that only combines predictions (ClassifierFreeGuidance, AdaptiveProjectedGuidance, "
-                "ClassifierFreeZeroStarGuidance, TangentialClassifierFreeGuidance, FrequencyDecoupledGuidance)"
+                "of them, or use a guider that only combines predictions (ClassifierFreeGuidance, "
+                "AdaptiveProjectedGuidance, ClassifierFreeZeroStarGuidance, TangentialClassifierFreeGuidance, "
+                "FrequencyDecoupledGuidance)"
             )
 
 
