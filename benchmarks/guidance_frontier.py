@@ -36,7 +36,8 @@ def main() -> int:
         return 2
     classifier_folder = shipped_model_path("classifier-guided") / "classifier"
     classifier = NoiseAwareClassifier.from_pretrained(classifier_folder).eval()
-    cg = ClassifierGuidedPipeline(unet=cfg.unet, scheduler=cfg.scheduler, classifier=classifier)
+    steps = cfg.config.default_num_inference_steps
+    cg = ClassifierGuidedPipeline(cfg.unet, cfg.scheduler, classifier, default_num_inference_steps=steps)
     for pipe in (cfg, cg):
         pipe.set_progress_bar_config(disable=True)
     interval = tuple(cfg.config.default_guidance_interval)
@@ -49,7 +50,7 @@ def main() -> int:
     for row in measure({"cfg": cfg, "cg": cg}, methods, points, evaluate_pipeline, args.num_per_class):
         rows.append(row)
         print(json.dumps(row), flush=True)
-    steps, scheduler = cfg.config.default_num_inference_steps, type(cfg.scheduler).__name__
+    scheduler = type(cfg.scheduler).__name__
     header = (f"# Guidance frontier: shipped MNIST model, {scheduler} {steps} steps, {10 * args.num_per_class} "
               "samples per point, seed 0 (`python benchmarks/guidance_frontier.py`)")  # fmt: skip
     (args.out_dir / "guidance_frontier.md").write_text(frontier_markdown(rows, header))
