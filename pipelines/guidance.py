@@ -85,24 +85,15 @@ def guided_prediction(
     sample: torch.Tensor,
     cond: Condition,
     uncond: Condition,
-    guidance_scale: float,
+    guidance_scale: torch.Tensor | float,
     guidance_rescale: float = 0.0,
 ) -> tuple[torch.Tensor, int]:
-    """Run `model(sample, condition)` with classifier-free guidance; return (prediction, network rows used).
-
-    At scale 0 only the unconditional branch runs, at scale 1 only the conditional one; otherwise both run as
-    one batched forward pass of 2N rows. `guidance_scale` may be a tensor of one scale per row (shape (N,), as in
-    guidance distillation): then both branches always run.
-    """
+    """Both CFG branches of `model(sample, condition)` as one batched pass of 2N rows, combined; returns (prediction,
+    rows). `guidance_scale` may hold one scale per row (shape (N,)), as guidance distillation's teacher draws them.
+    The samplers pick the branches a step needs through `guiders.ClassifierFreeGuidance` instead."""
     n = sample.shape[0]
-    per_row = isinstance(guidance_scale, torch.Tensor)
-    if not per_row and guidance_scale == 0:
-        return model(sample, uncond), n
-    if not per_row and guidance_scale == 1:
-        return model(sample, cond), n
-    both = model(torch.cat([sample, sample]), concat_conditions(cond, uncond))
-    pred_cond, pred_uncond = both.chunk(2)
-    if per_row:
+    pred_cond, pred_uncond = model(torch.cat([sample, sample]), concat_conditions(cond, uncond)).chunk(2)
+    if isinstance(guidance_scale, torch.Tensor):
         guidance_scale = guidance_scale.to(pred_cond.dtype).view(-1, *([1] * (pred_cond.ndim - 1)))
     return cfg_combine(pred_uncond, pred_cond, guidance_scale, guidance_rescale), 2 * n
 

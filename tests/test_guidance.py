@@ -36,14 +36,15 @@ class CountingModel:
         return x * 0 + labels.float().view(-1, 1, 1, 1)
 
 
-@pytest.mark.parametrize("scale,expected_rows,expected_calls", [(0.0, 2, [2]), (1.0, 2, [2]), (2.5, 4, [4])])
-def test_guided_prediction_runs_only_needed_branches(scale, expected_rows, expected_calls):
+@pytest.mark.parametrize("scale", [0.0, 2.5, torch.tensor([1.0, 3.0])])
+def test_guided_prediction_runs_both_branches_in_one_pass_with_scalar_or_per_row_scales(scale):
     model = CountingModel()
     x = torch.zeros(2, 1, 2, 2)
     cond, uncond = torch.tensor([1, 1]), torch.tensor([5, 5])
     pred, rows = guided_prediction(model, x, cond, uncond, scale)
-    assert rows == expected_rows and model.calls == expected_calls
-    assert torch.allclose(pred, torch.full_like(x, 5 + scale * (1 - 5)))
+    assert rows == 4 and model.calls == [4]
+    w = torch.as_tensor(scale).reshape(-1, 1, 1, 1)
+    assert torch.allclose(pred, (5 + w * (1 - 5)).expand_as(x))
 
 
 def test_guidance_interval():
