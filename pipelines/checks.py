@@ -113,3 +113,31 @@ def unet_sample_size(unet_config: Any) -> tuple[int, int]:
     """(height, width) of a UNet's samples: diffusers stores `sample_size` as an int or a pair."""
     size = unet_config.sample_size
     return tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+
+
+def check_guide_unet(unet: Any, guide: Any) -> None:
+    """A guiding model (autoguidance) must make what the main UNet makes, for the same classes; None is fine."""
+    if guide is None:
+        return
+    main, other = unet.config, guide.config
+    for key, what in (("num_class_embeds", "classes (+1 null)"), ("in_channels", "input channels"),
+                      ("out_channels", "output channels")):  # fmt: skip
+        if main.get(key) != other.get(key):
+            raise ValueError(f"guide_unet has {key}={other.get(key)} but the unet has {main.get(key)}: both must "
+                             f"take the same {what}")  # fmt: skip
+    if unet_sample_size(main) != unet_sample_size(other):
+        raise ValueError(f"guide_unet makes {unet_sample_size(other)} samples but the unet {unet_sample_size(main)}")
+    if other.get("time_cond_proj_dim") is not None or main.get("time_cond_proj_dim") is not None:
+        raise ValueError("autoguidance needs two ordinary class-conditional UNets, not guidance-embedded ones")
+
+
+def latent_shape(unet_config: Any, factor: int, n: int, height: Any, width: Any) -> tuple[int, ...]:
+    """(n, C, h, w) of the latents for images of `height` x `width` pixels (None: the UNet's size x `factor`), which
+    must be multiples of the VAE's down-sampling `factor`."""
+    default = [s * factor for s in unet_sample_size(unet_config)]
+    height, width = default[0] if height is None else height, default[1] if width is None else width
+    for name, value in (("height", height), ("width", width)):
+        check_positive_int(name, value, 16384)
+        if value % factor:
+            raise ValueError(f"{name} must be divisible by the VAE's down-sampling factor {factor}, got {value}")
+    return (n, unet_config.in_channels, height // factor, width // factor)

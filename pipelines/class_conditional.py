@@ -12,13 +12,13 @@ import torch
 from diffusers import UNet2DConditionModel, UNet2DModel
 from diffusers.schedulers import SchedulerMixin
 
-from .checks import MAX_IMAGES_PER_CALL, check_generators, check_positive_int, resolve_num_images, unet_sample_size
+from .checks import MAX_IMAGES_PER_CALL, check_guide_unet, check_positive_int, resolve_num_images, unet_sample_size
 from .denoising import CondiffPipeline, StepCallback
-from .guidance import check_default_guidance_scale, check_guidance_arguments, guidance_scale_embedding
+from .guidance import check_default_guidance_scale, check_guidance_arguments
 from .guiders import EmbeddedGuidance
-from .labels import LabelInput, normalize_id2label, parse_labels
+from .labels import LabelInput, ids_per_image, normalize_id2label, parse_labels
 from .locking import serialized_call
-from .networks import channels_last, micro_batched, unet_extra_inputs
+from .networks import class_unet_forward, to_channels_last
 from .outputs import CondiffPipelineOutput
 
 # isort: split
@@ -28,22 +28,6 @@ from .callbacks import step_callback  # noqa: F401
 from .diffusers_guiders import DiffusersGuidance  # noqa: F401
 from .schedules import check_schedule  # noqa: F401
 from .weights import refusing_unsafe_pickles  # noqa: F401
-
-
-def check_guide(unet: Any, guide: Any) -> None:
-    """A guiding model must make what the main UNet makes, for the same classes (autoguidance compares the two)."""
-    if guide is None:
-        return
-    main, other = unet.config, guide.config
-    for key, what in (("num_class_embeds", "classes (+1 null)"), ("in_channels", "input channels"),
-                      ("out_channels", "output channels")):  # fmt: skip
-        if main.get(key) != other.get(key):
-            raise ValueError(f"guide_unet has {key}={other.get(key)} but the unet has {main.get(key)}: both must "
-                             f"take the same {what}")  # fmt: skip
-    if unet_sample_size(main) != unet_sample_size(other):
-        raise ValueError(f"guide_unet makes {unet_sample_size(other)} samples but the unet {unet_sample_size(main)}")
-    if other.get("time_cond_proj_dim") is not None or main.get("time_cond_proj_dim") is not None:
-        raise ValueError("autoguidance needs two ordinary class-conditional UNets, not guidance-embedded ones")
 
 
 class ClassConditionalDDPMPipeline(CondiffPipeline):
@@ -98,7 +82,7 @@ class ClassConditionalDDPMPipeline(CondiffPipeline):
             raise ValueError("unet must have num_class_embeds = number of classes + 1 (the null class)")
         if any("CrossAttn" in b for b in (*unet.config.down_block_types, *unet.config.up_block_types)):
             raise ValueError("unet must not use cross-attention (text conditioning): use LatentCFGPipeline for that")
-        check_guide(unet, guide_unet)
+        check_guide_unet(unet, guide_unet)
         self.register_modules(unet=unet, scheduler=scheduler, guide_unet=guide_unet)
         check_positive_int("default_num_inference_steps", default_num_inference_steps)
         check_guidance_arguments(1.0, 0.0, default_guidance_interval)
@@ -121,12 +105,7 @@ class ClassConditionalDDPMPipeline(CondiffPipeline):
         )
 
     def _after_loading(self, kwargs: dict) -> None:
-        """A UNet loaded here (not one passed in, not device-mapped or quantized) is put in channels_last memory
-        format: about 1.2x faster CPU sampling at batch 100 (benchmarks/), same values up to float rounding."""
-        if not {"device_map", "quantization_config"} & kwargs.keys():
-            for name in ("unet", "guide_unet"):
-                if name not in kwargs and getattr(self, name, None) is not None:
-                    getattr(self, name).to(memory_format=torch.channels_last)
+        to_channels_last(self, ("unet", "guide_unet"), kwargs)
 
     @property
     def num_classes(self) -> int:
@@ -155,44 +134,21 @@ class ClassConditionalDDPMPipeline(CondiffPipeline):
         """Class ids, one per image; raises before any model work when `label`, the counts or `generator` are bad."""
         labels = self.get_label_ids(label)
         check_positive_int("num_inference_steps", num_inference_steps, self.scheduler.config.num_train_timesteps)
-        class_ids = [self.null_class] if labels is None else labels
-        batch_size = len(class_ids) * num_images
-        if batch_size > MAX_IMAGES_PER_CALL:
-            raise ValueError(f"label x num_images_per_label = {batch_size} images; at most {MAX_IMAGES_PER_CALL}")
-        check_generators(generator, batch_size)
-        return [c for c in class_ids for _ in range(num_images)]
+        return ids_per_image([self.null_class] if labels is None else labels, num_images, generator)
 
     def call_guidance(self, guidance: Any, scale: float, rescale: float, interval: tuple, given: tuple = (None, None)):
         """The guidance object of a call, refused before any sampling when it cannot apply to this UNet (`given`:
         the call's own guidance_scale and guidance_interval arguments)."""
         guidance = self.config.get("default_guidance", "cfg") if guidance is None else guidance
-        if not self.guidance_embedded:
-            method = self._guidance(guidance, interval, *given)
-            check_guide(self.unet, self.guide_unet)
-            return method
-        if guidance != "cfg":
-            raise ValueError(f"guidance={guidance!r} cannot apply to a guidance-embedded UNet: it takes w as an "
-                             "input; use guidance='cfg' (the default) and guidance_scale")  # fmt: skip
-        if rescale:
-            raise ValueError("guidance_rescale must be 0 with a guidance-embedded UNet: it has no separate branches")
-        trained = self.config.get("guidance_scale_range")
-        if trained and not trained[0] <= scale <= trained[1]:
-            raise ValueError(f"guidance_scale must be in {trained} (this UNet was trained there), got {scale}")
-        return EmbeddedGuidance(interval)
+        if self.guidance_embedded:
+            trained = self.config.get("guidance_scale_range")
+            return EmbeddedGuidance.for_call(guidance, scale, rescale, trained, interval)
+        method = self._guidance(guidance, interval, *given)
+        check_guide_unet(self.unet, self.guide_unet)
+        return method
 
     def _predict(self, network: Any, sample: torch.Tensor, labels: torch.Tensor, t: Any, scale: Any) -> torch.Tensor:
-        """The network's output for `sample` (in micro-batches); `scale` is w for a guidance-embedded UNet."""
-        extra = unet_extra_inputs(network)
-        w = None
-        if scale is not None:
-            w = torch.full((sample.shape[0],), float(scale), device=sample.device)
-            w = guidance_scale_embedding(w, network.config.time_cond_proj_dim).to(network.dtype)
-
-        def forward(x: torch.Tensor, class_labels: torch.Tensor, w_emb: torch.Tensor | None) -> torch.Tensor:
-            cond = {} if w_emb is None else {"timestep_cond": w_emb}
-            return network(channels_last(x), t, class_labels=class_labels, **extra, **cond).sample
-
-        return micro_batched(forward, self.config.micro_batch_size, sample, labels, w)
+        return class_unet_forward(network, sample, labels, t, scale, self.config.micro_batch_size)
 
     @serialized_call  # schedulers are stateful: concurrent calls on one pipeline take turns (locking.py)
     @torch.inference_mode()

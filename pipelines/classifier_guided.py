@@ -16,32 +16,32 @@ from diffusers import UNet2DModel
 from diffusers.schedulers import SchedulerMixin
 from diffusers.utils import logging
 
-from .checks import (
-    MAX_IMAGES_PER_CALL,
-    check_generators,
-    check_positive_int,
-    check_scale,
-    resolve_num_images,
-    unet_sample_size,
+from .checks import check_positive_int, check_scale, resolve_num_images, unet_sample_size
+from .classifiers import (
+    check_classifier_fits,
+    check_guidable_scheduler,
+    classifier_guidance_method,
+    is_noise_aware,
+    load_saved_classifier,
+    save_classifier_code,
 )
-from .classifiers import check_classifier_fits, is_noise_aware, save_classifier_code, saved_classifier_is_ours
 from .denoising import CondiffPipeline, StepCallback
-from .guidance import check_guidance_arguments, supports_mean_shift
+from .guidance import check_guidance_arguments
 from .guiders import ClassifierGuidance, Guidance
-from .labels import LabelInput, normalize_id2label, parse_labels
+from .labels import LabelInput, ids_per_image, normalize_id2label, parse_labels
 from .locking import serialized_call
 from .networks import unet_extra_inputs
 from .outputs import CondiffPipelineOutput
-from .weights import component_load_kwargs, refusing_unsafe_pickles
+from .weights import refusing_unsafe_pickles
 
 # isort: split
 # diffusers copies only the sibling files that a local custom-pipeline file imports itself (not their own imports):
 # the modules the shared loop needs are named here too, so `custom_pipeline="pipelines/<this file>"` loads.
 from .callbacks import step_callback  # noqa: F401
 from .diffusers_guiders import DiffusersGuidance  # noqa: F401
+from .noise_aware_classifier import NoiseAwareClassifier  # noqa: F401
 from .schedules import check_schedule  # noqa: F401
 
-GUIDANCE_METHODS = ("mean_shift", "score")
 logger = logging.get_logger(__name__)
 
 
@@ -99,13 +99,8 @@ class ClassifierGuidedPipeline(CondiffPipeline):
         weights-only unpickler (`UnsafeWeightsError` if it holds more)."""
         classifier = kwargs.pop("classifier", None)
         with refusing_unsafe_pickles():
-            if classifier is None and saved_classifier_is_ours(pretrained_model_name_or_path, kwargs):
-                from .noise_aware_classifier import NoiseAwareClassifier
-
-                loading = component_load_kwargs(kwargs, pretrained_model_name_or_path, "classifier")
-                classifier = NoiseAwareClassifier.from_pretrained(
-                    pretrained_model_name_or_path, subfolder="classifier", **loading
-                )
+            if classifier is None:
+                classifier = load_saved_classifier(pretrained_model_name_or_path, kwargs)
             # diffusers would import the saved classifier's library to type-check a passed one: load without it.
             pipe = super().from_pretrained(pretrained_model_name_or_path, classifier=None, **kwargs)
         if classifier is not None:
@@ -143,21 +138,10 @@ class ClassifierGuidedPipeline(CondiffPipeline):
 
     def default_guidance_method(self) -> str:
         """The mean shift for an ancestral DDPM scheduler, the score correction for every other scheduler."""
-        return "mean_shift" if supports_mean_shift(self.scheduler) else "score"
+        return classifier_guidance_method(self.scheduler, None)
 
     def check_guidance_method(self, guidance_method: Any) -> str:
-        if guidance_method is None:
-            return self.default_guidance_method()
-        if guidance_method not in GUIDANCE_METHODS:
-            raise ValueError(f"guidance_method must be one of {GUIDANCE_METHODS}, got {guidance_method!r}")
-        if guidance_method == "mean_shift" and not supports_mean_shift(self.scheduler):
-            raise ValueError(
-                f"guidance_method='mean_shift' needs an ancestral DDPMScheduler with a fixed variance; "
-                f"{type(self.scheduler).__name__} has none: use guidance_method='score'"
-            )
-        if guidance_method == "score" and not hasattr(self.scheduler, "alphas_cumprod"):
-            raise ValueError(f"guidance_method='score' needs a scheduler with alphas_cumprod, not {self.scheduler}")
-        return guidance_method
+        return classifier_guidance_method(self.scheduler, guidance_method)
 
     def check_inputs(
         self, label: LabelInput, num_images: int, steps: int, generator: Any, classifier_scale: Any, guidance_scale: Any
@@ -171,21 +155,13 @@ class ClassifierGuidedPipeline(CondiffPipeline):
                 logger.warning(
                     "guidance_scale=%s is ignored: the unet is unconditional (use classifier_scale)", guidance_scale
                 )
-        if not hasattr(self.scheduler, "alphas_cumprod"):
-            raise ValueError(
-                f"scheduler {type(self.scheduler).__name__} has no alphas_cumprod: classifier guidance needs a "
-                "discrete variance-preserving schedule (DDPM, DDIM, DPM-Solver++, UniPC, Euler, ...) to turn the "
-                "classifier's gradient into a change of the UNet's prediction; EDM-type schedulers have none"
-            )
+        check_guidable_scheduler(self.scheduler)
         self.check_components()
         if label is not None and self.num_classes is None:
             raise ValueError("label needs a classifier (or a class-conditional unet); this pipeline has neither")
         labels = None if label is None else parse_labels(label, self.num_classes, self.id2label)
-        batch_size = (1 if labels is None else len(labels)) * num_images
-        if batch_size > MAX_IMAGES_PER_CALL:
-            raise ValueError(f"label x num_images_per_label = {batch_size} images; at most {MAX_IMAGES_PER_CALL}")
-        check_generators(generator, batch_size)
-        return None if labels is None else [c for c in labels for _ in range(num_images)]
+        ids = ids_per_image([-1] if labels is None else labels, num_images, generator)
+        return None if labels is None else ids
 
     # ----------------------------------------------------------------------------------------------- the loop
     def _predict(self, network: Any, sample: torch.Tensor, labels: Any, t: Any, scale: Any) -> torch.Tensor:

@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from .checks import unet_sample_size
+from .guidance import supports_mean_shift
+from .weights import component_load_kwargs
 
 CLASSIFIER_FILE = "noise_aware_classifier.py"
+GUIDANCE_METHODS = ("mean_shift", "score")
 HUB_KWARGS = ("cache_dir", "token", "revision", "local_files_only", "force_download", "proxies")
 
 
@@ -72,3 +75,39 @@ def saved_classifier_is_ours(path: str | os.PathLike, kwargs: dict) -> bool:
     except (OSError, ValueError):
         return False
     return list(index.get("classifier") or [None, None])[1] == "NoiseAwareClassifier"
+
+
+def load_saved_classifier(path: str | os.PathLike, kwargs: dict) -> Any:
+    """The saved pipeline's `NoiseAwareClassifier`, loaded with this package's class (no `trust_remote_code`) and
+    the dtype and variant `kwargs` ask for; None when the folder holds another classifier or none."""
+    if not saved_classifier_is_ours(path, kwargs):
+        return None
+    from .noise_aware_classifier import NoiseAwareClassifier
+
+    loading = component_load_kwargs(kwargs, path, "classifier")
+    return NoiseAwareClassifier.from_pretrained(path, subfolder="classifier", **loading)
+
+
+def classifier_guidance_method(scheduler: Any, method: Any) -> str:
+    """`method` checked against the scheduler; None: the mean shift for an ancestral DDPM scheduler (Algorithm 1),
+    the score correction (Algorithm 2) for every other one."""
+    if method is None:
+        return "mean_shift" if supports_mean_shift(scheduler) else "score"
+    if method not in GUIDANCE_METHODS:
+        raise ValueError(f"guidance_method must be one of {GUIDANCE_METHODS}, got {method!r}")
+    if method == "mean_shift" and not supports_mean_shift(scheduler):
+        raise ValueError(
+            f"guidance_method='mean_shift' needs an ancestral DDPMScheduler with a fixed variance; "
+            f"{type(scheduler).__name__} has none: use guidance_method='score'"
+        )
+    return method
+
+
+def check_guidable_scheduler(scheduler: Any) -> None:
+    """Classifier guidance turns the gradient into a change of the prediction through the schedule's alphas."""
+    if not hasattr(scheduler, "alphas_cumprod"):
+        raise ValueError(
+            f"scheduler {type(scheduler).__name__} has no alphas_cumprod: classifier guidance needs a "
+            "discrete variance-preserving schedule (DDPM, DDIM, DPM-Solver++, UniPC, Euler, ...) to turn the "
+            "classifier's gradient into a change of the UNet's prediction; EDM-type schedulers have none"
+        )

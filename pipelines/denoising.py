@@ -217,11 +217,9 @@ class CondiffPipeline(DiffusionPipeline):
         latents: torch.Tensor | None,
         callback: StepCallback | None,
         tensor_inputs: Sequence[str],
-        dtype: torch.dtype | None = None,
     ) -> tuple[torch.Tensor, int]:
-        """Initial noise of `shape`, the schedule (refused up front when known to fail) and the loop."""
-        dtype = dtype or self.unet.dtype
-        device, sigma = self._execution_device, self.scheduler.init_noise_sigma
+        """Initial noise of `shape` in the UNet's dtype, the schedule (refused up front if known to fail), the loop."""
+        dtype, device, sigma = self.unet.dtype, self._execution_device, self.scheduler.init_noise_sigma
         latents = initial_noise(shape, generator, latents, device, dtype, sigma)
         self.scheduler.set_timesteps(steps, device=latents.device)
         check_schedule(self.scheduler)

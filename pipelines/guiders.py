@@ -108,6 +108,19 @@ class EmbeddedGuidance(ClassifierFreeGuidance):
 
     name = "embedded"
 
+    @classmethod
+    def for_call(cls, guidance: Any, scale: float, rescale: float, trained: Any, interval: tuple) -> EmbeddedGuidance:
+        """The guidance of a call on a guidance-embedded UNet trained on scales `trained` ((lo, hi) or None),
+        refused before sampling when the call asks for what such a UNet cannot do."""
+        if guidance != "cfg":
+            raise ValueError(f"guidance={guidance!r} cannot apply to a guidance-embedded UNet: it takes w as an "
+                             "input; use guidance='cfg' (the default) and guidance_scale")  # fmt: skip
+        if rescale:
+            raise ValueError("guidance_rescale must be 0 with a guidance-embedded UNet: it has no separate branches")
+        if trained and not trained[0] <= scale <= trained[1]:
+            raise ValueError(f"guidance_scale must be in {list(trained)} (this UNet was trained there), got {scale}")
+        return cls(interval)
+
     def branches(self, step: Step) -> tuple[str, ...]:
         return ("cond",)
 

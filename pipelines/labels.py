@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checks import MAX_IMAGES_PER_CALL, short_repr
+from .checks import MAX_IMAGES_PER_CALL, check_generators, short_repr
 
 LabelInput = int | str | Sequence[int | str] | torch.Tensor | None
 
@@ -68,3 +68,26 @@ def parse_labels(label: LabelInput, num_classes: int, id2label: Mapping[int, str
             raise ValueError(f"label holds {len(label)} entries; at most {MAX_IMAGES_PER_CALL} images per call")
         return [_one_label(v, num_classes, label2id) for v in label]
     return [_one_label(label, num_classes, label2id)]
+
+
+def ids_per_image(ids: Sequence[int], num_images: int, generator: Any) -> list[int]:
+    """Each class id repeated for its `num_images` images, checked against the per-call limit and the generators."""
+    batch_size = len(ids) * num_images
+    if batch_size > MAX_IMAGES_PER_CALL:
+        raise ValueError(f"label x num_images_per_label = {batch_size} images; at most {MAX_IMAGES_PER_CALL}")
+    check_generators(generator, batch_size)
+    return [c for c in ids for _ in range(num_images)]
+
+
+def prompt_class_ids(class_labels: Any, num_classes: int | None, id2label: Any, n: int) -> list[int] | None:
+    """Class ids for `n` prompts of a text UNet with a class embedding (one label for all, or one per prompt; None
+    -> the null class K); None for a UNet without one (then `class_labels` must be None)."""
+    if num_classes is None:
+        if class_labels is not None:
+            raise ValueError("class_labels given, but this unet has no class embedding (num_class_embeds is None)")
+        return None
+    ids = parse_labels(class_labels, num_classes, id2label)
+    ids = [num_classes] * n if ids is None else ids * n if len(ids) == 1 else ids
+    if len(ids) != n:
+        raise ValueError(f"class_labels has {len(ids)} entries but there are {n} prompts; give 1 or {n}")
+    return ids

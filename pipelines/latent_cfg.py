@@ -17,10 +17,10 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.schedulers import SchedulerMixin
 
-from .checks import MAX_IMAGES_PER_CALL, check_generators, check_positive_int, unet_sample_size
+from .checks import MAX_IMAGES_PER_CALL, check_generators, check_positive_int, latent_shape
 from .denoising import CondiffPipeline
 from .guidance import check_guidance_arguments
-from .labels import LabelInput, normalize_id2label, parse_labels
+from .labels import LabelInput, normalize_id2label, prompt_class_ids
 from .locking import serialized_call
 from .outputs import CondiffPipelineOutput
 from .prompts import PromptConditionsMixin, check_prompts
@@ -125,29 +125,6 @@ class LatentCFGPipeline(PromptConditionsMixin, CondiffPipeline):
         """The `cross_attention_kwargs` of the running call, passed to the UNet's attention processors."""
         return getattr(self, "_cross_attention_kwargs", None)
 
-    def class_conditions(self, class_labels: LabelInput, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(class ids, null ids) for a class-conditional UNet, one per prompt (None -> the null class)."""
-        if self.num_classes is None:
-            if class_labels is not None:
-                raise ValueError("class_labels given, but this unet has no class embedding (num_class_embeds is None)")
-            return None
-        ids = parse_labels(class_labels, self.num_classes, self.id2label)
-        ids = [self.num_classes] * n if ids is None else ids * n if len(ids) == 1 else ids
-        if len(ids) != n:
-            raise ValueError(f"class_labels has {len(ids)} entries but there are {n} prompts; give 1 or {n}")
-        device = self._execution_device
-        return torch.tensor(ids, device=device), torch.full((n,), self.num_classes, device=device)
-
-    def latent_shape(self, n: int, height: int | None, width: int | None) -> tuple[int, ...]:
-        f = self.vae_scale_factor
-        default = [s * f for s in unet_sample_size(self.unet.config)]
-        height, width = height or default[0], width or default[1]
-        for name, value in (("height", height), ("width", width)):
-            check_positive_int(name, value, 16384)
-            if value % f:
-                raise ValueError(f"{name} must be divisible by the VAE's down-sampling factor {f}, got {value}")
-        return (n, self.unet.config.in_channels, height // f, width // f)
-
     def _predict(self, network: Any, sample: torch.Tensor, condition: dict, t: Any, scale: Any) -> torch.Tensor:
         return network(sample, t, **condition, cross_attention_kwargs=self.cross_attention_kwargs).sample
 
@@ -233,9 +210,9 @@ class LatentCFGPipeline(PromptConditionsMixin, CondiffPipeline):
         batch = n_prompts * num_images_per_prompt
         if batch > MAX_IMAGES_PER_CALL:
             raise ValueError(f"prompts x num_images_per_prompt = {batch} images; at most {MAX_IMAGES_PER_CALL}")
-        shape = self.latent_shape(batch, height, width)
+        shape = latent_shape(self.unet.config, self.vae_scale_factor, batch, height, width)
         check_generators(generator, batch)
-        classes = self.class_conditions(class_labels, n_prompts)
+        classes = prompt_class_ids(class_labels, self.num_classes, self.id2label, n_prompts)
         text, null = self.text_conditions(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
 
         def per_image(x: torch.Tensor) -> torch.Tensor:
@@ -243,7 +220,9 @@ class LatentCFGPipeline(PromptConditionsMixin, CondiffPipeline):
 
         cond, uncond = {"encoder_hidden_states": per_image(text)}, {"encoder_hidden_states": per_image(null)}
         if classes is not None:
-            cond["class_labels"], uncond["class_labels"] = per_image(classes[0]), per_image(classes[1])
+            ids = torch.tensor(classes, device=self._execution_device)
+            null = torch.full_like(ids, self.num_classes)
+            cond["class_labels"], uncond["class_labels"] = per_image(ids), per_image(null)
         self._guidance_scale = getattr(method, "guidance_scale", scale)
         self._guidance_rescale, self._cross_attention_kwargs = guidance_rescale, cross_attention_kwargs
         latents, rows = self._sample(
