@@ -11,7 +11,16 @@ from .class_conditional import ClassConditionalDDPMPipeline
 from .classifier_guided import ClassifierGuidedPipeline
 from .denoising import CondiffPipeline
 from .guidance import cfg_combine, guided_prediction, in_guidance_interval, rescale_guided
-from .guiders import Autoguidance, ClassifierFreeGuidance, ClassifierGuidance, EmbeddedGuidance, Guidance, Step
+from .guiders import (
+    Autoguidance,
+    ClassifierFreeGuidance,
+    ClassifierGuidance,
+    EmbeddedGuidance,
+    GatedClassifierFreeGuidance,
+    GateCurveRecorder,
+    Guidance,
+    Step,
+)
 from .latent_cfg import LatentCFGPipeline
 from .outputs import CondiffPipelineOutput
 
@@ -19,6 +28,8 @@ __all__ = [
     "MAX_IMAGES_PER_CALL",
     "OUTPUT_TYPES",
     "Autoguidance",
+    "GatedClassifierFreeGuidance",
+    "GateCurveRecorder",
     "ClassConditionalDDPMPipeline",
     "ClassifierFreeGuidance",
     "ClassifierGuidance",

@@ -12,9 +12,16 @@ import torch
 from diffusers import UNet2DConditionModel, UNet2DModel
 from diffusers.schedulers import SchedulerMixin
 
-from .checks import MAX_IMAGES_PER_CALL, check_guide_unet, check_positive_int, resolve_num_images, unet_sample_size
-from .denoising import CondiffPipeline, StepCallback
-from .guidance import check_default_guidance_scale, check_guidance_arguments
+from .checks import (
+    MAX_IMAGES_PER_CALL,
+    check_guide_unet,
+    check_positive_int,
+    check_scale,
+    resolve_num_images,
+    unet_sample_size,
+)
+from .denoising import GUIDANCE_NAMES, CondiffPipeline, StepCallback
+from .guidance import check_default_guidance_scale, check_gate_curve, check_guidance_arguments
 from .guiders import EmbeddedGuidance
 from .labels import LabelInput, ids_per_image, normalize_id2label, parse_labels
 from .locking import serialized_call
@@ -49,8 +56,10 @@ class ClassConditionalDDPMPipeline(CondiffPipeline):
             are refused.
         default_guidance_scale (`float`, *optional*): the `guidance_scale` of a call that gives none. None: 3,
             clamped into `guidance_scale_range`.
-        default_guidance (`str`): the guidance of a call that gives none, "cfg" or "autoguidance";
+        default_guidance (`str`): the guidance of a call that gives none, "cfg", "autoguidance" or "gated_cfg";
             `autoguidance_cfg_scale` and `autoguidance_cfg_interval` add CFG on top of autoguidance.
+        gated_cfg_curve, gated_cfg_threshold: the model's gate curve ((timestep, median rms) pairs, from
+            `condiff.evaluation.fit_gate_curve`) and threshold for `guidance="gated_cfg"`.
         micro_batch_size (`int`, *optional*): the UNet runs on slices of at most this many rows (same results, faster
             on CPUs at large requests; `benchmarks/micro_batching.py` measures it). None: the whole batch at once.
 
@@ -76,6 +85,8 @@ class ClassConditionalDDPMPipeline(CondiffPipeline):
         default_guidance: str = "cfg",
         autoguidance_cfg_scale: float = 1.0,
         autoguidance_cfg_interval: tuple | list = (0.0, 1.0),
+        gated_cfg_curve: list | None = None,
+        gated_cfg_threshold: float = 1.2,
     ):
         super().__init__()
         if unet.config.num_class_embeds is None or unet.config.num_class_embeds < 2:
@@ -87,8 +98,11 @@ class ClassConditionalDDPMPipeline(CondiffPipeline):
         check_positive_int("default_num_inference_steps", default_num_inference_steps)
         check_guidance_arguments(1.0, 0.0, default_guidance_interval)
         check_guidance_arguments(autoguidance_cfg_scale, 0.0, autoguidance_cfg_interval)
-        if default_guidance not in ("cfg", "autoguidance"):
-            raise ValueError(f"default_guidance must be 'cfg' or 'autoguidance', got {default_guidance!r}")
+        if default_guidance not in GUIDANCE_NAMES:
+            raise ValueError(f"default_guidance must be one of {GUIDANCE_NAMES}, got {default_guidance!r}")
+        if gated_cfg_curve is not None:
+            check_gate_curve(gated_cfg_curve)
+        check_scale("gated_cfg_threshold", gated_cfg_threshold)
         if micro_batch_size is not None:
             check_positive_int("micro_batch_size", micro_batch_size, MAX_IMAGES_PER_CALL)
         check_default_guidance_scale(default_guidance_scale, guidance_scale_range)
@@ -102,6 +116,8 @@ class ClassConditionalDDPMPipeline(CondiffPipeline):
             default_guidance=default_guidance,
             autoguidance_cfg_scale=float(autoguidance_cfg_scale),
             autoguidance_cfg_interval=[float(v) for v in autoguidance_cfg_interval],
+            gated_cfg_curve=None if gated_cfg_curve is None else [[float(t), float(v)] for t, v in gated_cfg_curve],
+            gated_cfg_threshold=float(gated_cfg_threshold),
         )
 
     def _after_loading(self, kwargs: dict) -> None:
@@ -193,7 +209,8 @@ class ClassConditionalDDPMPipeline(CondiffPipeline):
             callback_on_step_end_tensor_inputs: tensors passed to the callback ("latents", "prompt_embeds").
             num_images_per_prompt: diffusers' name, accepted as an alias of `num_images_per_label`; giving both with
                 different values is an error, unless `num_images_per_label` is left at 1.
-            guidance: "cfg", "autoguidance" (needs `guide_unet`), a condiff `Guidance` object (`guiders.py`) or a
+            guidance: "cfg", "autoguidance" (needs `guide_unet`), "gated_cfg" (CFG only for the images that need it:
+                `GatedClassifierFreeGuidance`; needs the config's gate curve), a condiff `Guidance` object or a
                 diffusers guider (`diffusers.guiders.ClassifierFreeGuidance`, `AdaptiveProjectedGuidance`, ...,
                 which brings its own scale). Default: the model's `default_guidance`.
 

@@ -22,7 +22,7 @@ from .callbacks import Pair, step_callback
 from .checks import check_callback_inputs, check_output_type, check_positive_int, short_repr
 from .diffusers_guiders import diffusers_guidance, is_diffusers_guider
 from .guidance import check_guidance_arguments, concat_conditions, resolve_default_guidance_scale
-from .guiders import Autoguidance, ClassifierFreeGuidance, Guidance, Step
+from .guiders import Autoguidance, ClassifierFreeGuidance, GatedClassifierFreeGuidance, Guidance, Step
 from .labels import normalize_id2label
 from .outputs import CondiffPipelineOutput, to_output_type
 from .schedules import check_schedule, initial_noise, scheduler_step_kwargs
@@ -33,7 +33,7 @@ Conditions = dict[str, Any]  # "cond" and "uncond": what the networks take for t
 # branch name -> (network component, condition key); see guiders.py
 BRANCHES = {"cond": ("unet", "cond"), "uncond": ("unet", "uncond"), "guide": ("guide_unet", "cond")}
 BRANCHES["guide_uncond"] = ("guide_unet", "uncond")
-GUIDANCE_NAMES = ("cfg", "autoguidance")
+GUIDANCE_NAMES = ("cfg", "autoguidance", "gated_cfg")
 
 
 class CondiffPipeline(DiffusionPipeline):
@@ -132,6 +132,8 @@ class CondiffPipeline(DiffusionPipeline):
             config = self.config
             cfg_interval = tuple(config.get("autoguidance_cfg_interval") or (0.0, 1.0))
             method = Autoguidance(interval, float(config.get("autoguidance_cfg_scale") or 1.0), cfg_interval)
+        elif guidance == "gated_cfg":
+            method = self._gated_guidance(interval)
         elif isinstance(guidance, Guidance):
             method = guidance
         else:
@@ -146,6 +148,17 @@ class CondiffPipeline(DiffusionPipeline):
                     f"not have: pass {component}= to the pipeline (from_pretrained or the constructor)"
                 )
         return method
+
+    def _gated_guidance(self, interval: tuple[float, float]) -> GatedClassifierFreeGuidance:
+        curve = self.config.get("gated_cfg_curve")
+        if not curve:
+            raise ValueError(
+                "guidance='gated_cfg' needs the model's gate curve (the config entry gated_cfg_curve), which this "
+                "pipeline lacks: fit one with condiff.evaluation.fit_gate_curve(pipe), then pipe.register_to_config("
+                "gated_cfg_curve=...) and save the pipeline"
+            )
+        threshold = self.config.get("gated_cfg_threshold")
+        return GatedClassifierFreeGuidance(interval, tuple(map(tuple, curve)), 1.2 if threshold is None else threshold)
 
     # ------------------------------------------------------------------------------------------------------ loop
     def _predict(self, network: Any, sample: torch.Tensor, condition: Any, t: Any, scale: float | None) -> torch.Tensor:

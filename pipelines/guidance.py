@@ -262,6 +262,39 @@ def predicted_noise(
     raise ValueError(f"prediction_type must be epsilon, v_prediction or sample, got {prediction_type!r}")
 
 
+def x0_difference_rms(
+    sample: torch.Tensor,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    alpha_prod_t: torch.Tensor | float,
+    prediction_type: str,
+) -> torch.Tensor:
+    """Per image, the root mean square of x0(cond) - x0(uncond): how far the condition moves the denoised estimate
+    at this step (the size of the CFG difference in image space, comparable across parametrisations)."""
+    x0 = [predicted_original(sample.float(), p.float(), alpha_prod_t, prediction_type) for p in (cond, uncond)]
+    return (x0[0] - x0[1]).flatten(1).pow(2).mean(1).sqrt()
+
+
+def gate_curve_at(curve: Any, timestep: Any) -> float:
+    """`curve`, a list of (timestep, value > 0) pairs, log-interpolated at `timestep` (held flat outside its range)."""
+    points = sorted((float(t), math.log(float(v))) for t, v in curve)
+    t = min(max(float(timestep), points[0][0]), points[-1][0])
+    for (t0, v0), (t1, v1) in zip(points, points[1:]):
+        if t0 <= t <= t1:
+            return math.exp(v0 if t1 == t0 else v0 + (t - t0) / (t1 - t0) * (v1 - v0))
+    return math.exp(points[0][1])
+
+
+def check_gate_curve(curve: Any) -> None:
+    """A gated-CFG curve: at least two (timestep, value) pairs, timesteps >= 0, values finite and > 0."""
+    try:
+        pairs = [(float(t), float(v)) for t, v in curve]
+    except (TypeError, ValueError):
+        raise ValueError(f"gated_cfg_curve must be a list of (timestep, median rms) pairs, got {curve!r:.80}") from None
+    if len(pairs) < 2 or any(t < 0 or not math.isfinite(v) or v <= 0 for t, v in pairs):
+        raise ValueError("gated_cfg_curve needs >= 2 (timestep >= 0, value > 0) pairs")
+
+
 def prediction_for_original(
     sample: torch.Tensor, original: torch.Tensor, alpha_prod_t: torch.Tensor | float, prediction_type: str
 ) -> torch.Tensor:

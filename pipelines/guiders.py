@@ -23,9 +23,11 @@ from .guidance import (
     cfg_combine,
     classifier_log_prob_grad,
     denoised_log_prob_grad,
+    gate_curve_at,
     in_guidance_interval,
     mean_shift,
     score_correction,
+    x0_difference_rms,
 )
 
 Predictions = dict[str, torch.Tensor]
@@ -100,6 +102,48 @@ class ClassifierFreeGuidance(Guidance):
         if len(predictions) == 1:
             return next(iter(predictions.values()))
         return cfg_combine(predictions["uncond"], predictions["cond"], self.scale(step), step.guidance_rescale)
+
+
+@dataclass
+class GatedClassifierFreeGuidance(ClassifierFreeGuidance):
+    """CFG per image, where it is needed: inside `interval` both branches run and an image is guided (w) only when
+    r = rms(x0(cond) - x0(uncond)) / m(t) exceeds `threshold`; the others keep the conditional prediction. m(t) is
+    `curve`, the median of that rms over the model's unguided sampling paths (`GateCurveRecorder`), log-interpolated
+    in t. Images the condition already determines are left as the model draws them, which keeps diversity (FD);
+    those where the condition still pulls hard get the push. condiff's own method, measured in the README."""
+
+    curve: tuple = ()
+    threshold: float = 1.2
+    name = "gated_cfg"
+
+    def combine(self, step: Step, predictions: Predictions) -> torch.Tensor:
+        if len(predictions) == 1:
+            return next(iter(predictions.values()))
+        cond, uncond = predictions["cond"], predictions["uncond"]
+        guided = cfg_combine(uncond, cond, self.scale(step), step.guidance_rescale)
+        abar = alpha_prod_at(step.scheduler, step.timestep)
+        rms = x0_difference_rms(step.model_input, cond, uncond, abar, step.scheduler.config.prediction_type)
+        gate = (rms / gate_curve_at(self.curve, step.timestep) > self.threshold).to(cond.device)
+        return torch.where(gate.view(-1, *[1] * (cond.ndim - 1)), guided, cond)
+
+
+@dataclass
+class GateCurveRecorder(Guidance):
+    """Conditional sampling (the conditional prediction, unguided) that records, per step, every image's
+    rms(x0(cond) - x0(uncond)) in `records` (timestep -> list of per-batch tensors): the data of a gated-CFG curve."""
+
+    records: dict = field(default_factory=dict)
+    name = "gate_recorder"
+
+    def branches(self, step: Step) -> tuple[str, ...]:
+        return ("cond", "uncond")
+
+    def combine(self, step: Step, predictions: Predictions) -> torch.Tensor:
+        cond, uncond = predictions["cond"], predictions["uncond"]
+        abar = alpha_prod_at(step.scheduler, step.timestep)
+        rms = x0_difference_rms(step.model_input, cond, uncond, abar, step.scheduler.config.prediction_type)
+        self.records.setdefault(float(step.timestep), []).append(rms.cpu())
+        return cond
 
 
 @dataclass

@@ -252,10 +252,11 @@ def add_model_arguments(s: argparse.ArgumentParser) -> None:
     )
     s.add_argument(
         "--guidance",
-        choices=("cfg", "autoguidance"),
+        choices=("cfg", "autoguidance", "gated_cfg"),
         default=None,
-        help="cfg (classifier-free guidance) or autoguidance (the model guided by its smaller guide_unet; Karras et "
-        "al. 2024); default: the model's own",
+        help="cfg (classifier-free guidance), autoguidance (the model guided by its smaller guide_unet; Karras et "
+        "al. 2024) or gated_cfg (CFG only for the images whose condition still pulls hard; needs the model's gate "
+        "curve); default: the model's own",
     )
     s.add_argument(
         "--guidance-scale",

@@ -3,6 +3,7 @@
 - `metrics`: Frechet distance, conditional accuracy, real-data floors and diversity on the shipped MNIST evaluator;
 - `sampling`: the one loop that generates balanced, labelled, timed samples with a pipeline;
 - `scoring`: `evaluate_pipeline` (what `condiff evaluate` runs) and the per-row fields of reports;
+- `gating`: the gate curve of gated CFG (`fit_gate_curve`);
 - `sweep` (+ `sweep_report`): the guidance sweep (`condiff sweep`);
 - `reports`: JSON/Markdown/PNG report plumbing shared with the scripts in `benchmarks/`.
 """
@@ -31,6 +32,7 @@ _EXPORTS = {
     ),
     **dict.fromkeys(("Samples", "balanced_labels", "generate_samples"), "sampling"),
     **dict.fromkeys(("evaluate_pipeline", "score_samples"), "scoring"),
+    "fit_gate_curve": "gating",
     **dict.fromkeys(("GuidanceSetting", "run_sweep", "sweep_settings"), "sweep"),
 }
 __all__ = sorted(_EXPORTS)
