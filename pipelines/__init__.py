@@ -16,8 +16,8 @@ from .guiders import (
     ClassifierFreeGuidance,
     ClassifierGuidance,
     EmbeddedGuidance,
-    GatedClassifierFreeGuidance,
     GateCurveRecorder,
+    GatedClassifierFreeGuidance,
     Guidance,
     Step,
 )
