@@ -19,7 +19,7 @@ from condiff.pipelines.noise_aware_classifier import NoiseAwareClassifier
 
 from condiff import ClassConditionalDDPMPipeline, ClassifierGuidedPipeline, shipped_model_path
 from condiff.evaluation import evaluate_pipeline
-from condiff.evaluation.frontier import default_methods, frontier_markdown, measure, plot_frontier
+from condiff.evaluation.frontier import default_methods, frontier_markdown, measure, plot_frontier, step_window
 
 
 def main() -> int:
@@ -42,7 +42,9 @@ def main() -> int:
         pipe.set_progress_bar_config(disable=True)
     interval = tuple(cfg.config.default_guidance_interval)
     # autoguidance's own interval and the CFG scale on top: the best of the probes before this run (issue 20 note)
-    methods = default_methods(interval, ag_interval=(0.3, 0.6), ag_cfg=2.0)
+    cfg.scheduler.set_timesteps(steps)
+    window = step_window(cfg.scheduler.timesteps, cfg.scheduler.config.num_train_timesteps, interval)
+    methods = default_methods(interval, ag_interval=(0.3, 0.6), ag_cfg=2.0, window=window)
     methods = [m for m in methods if args.methods is None or m.name in args.methods]
     args.out_dir.mkdir(parents=True, exist_ok=True)
     points = args.out_dir / "guidance_frontier.jsonl"

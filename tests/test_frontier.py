@@ -40,3 +40,29 @@ def test_default_methods_build_the_calls_the_pipelines_take():
     assert (auto.interval, auto.cfg_scale, auto.cfg_interval) == ((0.0, 1.0), 2.0, (0.3, 0.6))
     assert type(methods["APG (eta 0)"].call(3.0)["guidance"]).__name__ == "AdaptiveProjectedGuidance"
     assert methods["CG (score) + CFG 2"].pipeline == "cg"
+
+
+def test_a_diffusers_guider_on_the_step_window_equals_condiff_cfg_on_the_interval():
+    import torch
+    from conftest import tiny_pipeline
+    from diffusers import DDIMScheduler
+    from diffusers.guiders import ClassifierFreeGuidance
+
+    from condiff.evaluation.frontier import step_window
+
+    pipe = tiny_pipeline()
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.scheduler.set_timesteps(10)
+    window = step_window(pipe.scheduler.timesteps, 50, (0.3, 0.6))
+    assert window == (0.3, 0.7)  # DDIM's 10 of 50 timesteps: 45, 40, ..., 0; t / T in [0.3, 0.6] at steps 3-6
+    guider = ClassifierFreeGuidance(guidance_scale=3.0, start=window[0], stop=window[1])
+
+    def run(**kwargs):
+        generator = torch.Generator().manual_seed(0)
+        return pipe(label=[0, 1], num_inference_steps=10, generator=generator, output_type="latent", **kwargs)
+
+    ours, theirs = run(guidance_scale=3.0, guidance_interval=(0.3, 0.6)), run(guidance=guider)
+    assert torch.allclose(ours.images, theirs.images, atol=1e-5) and ours.nfe_per_image == theirs.nfe_per_image == 14
+    methods = {m.name: m for m in default_methods((0.3, 0.6), (0.2, 0.7), 2.0, window=window)}
+    apg = methods["APG (eta 0) on (0.3, 0.6)"].call(5.0)["guidance"]
+    assert (apg._start, apg._stop, apg.guidance_scale) == (0.3, 0.7, 5.0)

@@ -2,9 +2,9 @@
 class-conditional model (with its `guide_unet`), same seeds for every point; each method's best FD at a target accuracy.
 
 Methods: CFG (every step and on an interval), autoguidance (every step and on an interval), autoguidance with CFG on
-top, diffusers' APG and CFG-Zero* guiders, and classifier guidance on top of CFG (a noise-aware classifier of the same
-schedule). Points already measured (same method and scale) are read back from the JSON-lines file, so an interrupted
-run resumes.
+top, diffusers' APG and CFG-Zero* guiders (every step and on the interval's steps), and classifier guidance on top of
+CFG (a noise-aware classifier of the same schedule; every step and on the interval). Points already measured (same
+method and scale) are read back from the JSON-lines file, so an interrupted run resumes.
 """
 
 from __future__ import annotations
@@ -42,10 +42,26 @@ def diffusers_guider(name: str, **settings: Any) -> Callable[[float], dict[str, 
     return call
 
 
-def default_methods(interval: tuple[float, float], ag_interval: tuple[float, float], ag_cfg: float) -> list[Method]:
+def step_window(timesteps: Any, num_train_timesteps: int, interval: tuple[float, float]) -> tuple[float, float]:
+    """diffusers' guiders take their window as (start, stop) fractions of the step count; condiff's interval is a
+    range of t / T. The window of the steps whose t / T lies in `interval` (which must be consecutive)."""
+    inside = [i for i, t in enumerate(timesteps) if interval[0] <= float(t) / num_train_timesteps <= interval[1]]
+    if not inside or inside != list(range(inside[0], inside[-1] + 1)):
+        raise ValueError(f"no consecutive steps of {list(map(int, timesteps))} lie in the interval {interval}")
+    return inside[0] / len(timesteps), (inside[-1] + 1) / len(timesteps)
+
+
+def default_methods(
+    interval: tuple[float, float],
+    ag_interval: tuple[float, float],
+    ag_cfg: float,
+    window: tuple[float, float] = (0.0, 1.0),
+) -> list[Method]:
     """The methods of the published frontier; `interval` for CFG, `ag_interval` for autoguidance, `ag_cfg` the CFG
-    scale on `interval` added on top of autoguidance."""
+    scale on `interval` added on top of autoguidance, `window` the (start, stop) of diffusers' guiders that matches
+    `interval` on the model's own steps (`step_window`)."""
     every = (0.0, 1.0)
+    start, stop = window
 
     def cfg(window: tuple) -> Callable[[float], dict]:
         return lambda w: {"guidance": "cfg", "guidance_scale": w, "guidance_interval": window}
@@ -67,6 +83,22 @@ def default_methods(interval: tuple[float, float], ag_interval: tuple[float, flo
             "CG (score) + CFG 2",
             [3.0, 5.0],
             lambda s: {"classifier_scale": s, "guidance_scale": 2.0, "guidance_interval": every},
+            "cg",
+        ),  # fmt: skip
+        Method(
+            f"APG (eta 0) on {interval}",
+            [3.5, 5.0, 7.0],
+            diffusers_guider("AdaptiveProjectedGuidance", eta=0.0, start=start, stop=stop),
+        ),  # fmt: skip
+        Method(
+            f"CFG-Zero* on {interval}",
+            [3.5, 5.0],
+            diffusers_guider("ClassifierFreeZeroStarGuidance", start=start, stop=stop),
+        ),  # fmt: skip
+        Method(
+            f"CG (score) + CFG 3.5, both on {interval}",
+            [1.0, 2.0],
+            lambda s: {"classifier_scale": s, "guidance_scale": 3.5, "guidance_interval": interval},
             "cg",
         ),  # fmt: skip
     ]
