@@ -247,7 +247,8 @@ class ClassifierGuidedPipeline(CondiffPipeline):
         guidance = self.call_guidance(labels, method, interval, guidance, (guidance_scale, guidance_interval))
         self._classifier_scale = float(scale)
         w = getattr(guidance, "guidance_scale", w)
-        self._guidance_scale = (0.0 if labels is None else w) if self.class_conditional_unet else 1.0
+        # the call's w, reported (and ignored, with a warning) for an unconditional UNet; 0: unconditional sampling
+        self._guidance_scale = 0.0 if labels is None and self.class_conditional_unet else w
         batch_size = num_images if class_ids is None else len(class_ids)
         conditions = {"cond": None, "uncond": None}
         if self.class_conditional_unet:

@@ -351,3 +351,17 @@ def test_guidance_scale_is_accepted_and_ignored_for_an_unconditional_unet(caplog
     assert caplog.text.count("is ignored: the unet is unconditional") == 2  # 0 and 3, not 1
     with pytest.raises(ValueError, match="guidance_scale must be a finite number >= 0"):
         sample(pipe, guidance_scale=-1.0)
+
+
+def test_the_guidance_scale_state_follows_a_callback_for_an_unconditional_unet_too():
+    """diffusers' `test_callback_cfg`: a callback adding 1 to `pipe._guidance_scale` at every step leaves
+    guidance_scale = the call's w + the number of steps, whatever the UNet (the scale is ignored, not replaced)."""
+
+    def increase(pipe, i, t, kwargs):
+        pipe._guidance_scale += 1.0
+        return kwargs
+
+    pipe = make_pipe()
+    out = pipe(label=1, guidance_scale=2.0, num_inference_steps=STEPS, generator=gen(), output_type="latent",
+               callback_on_step_end=increase)  # fmt: skip
+    assert pipe.guidance_scale == 2.0 + pipe.num_timesteps == 2.0 + STEPS and out.nfe_per_image == STEPS

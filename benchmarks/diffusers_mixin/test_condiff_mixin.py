@@ -92,7 +92,7 @@ class ClassConditionalDDPMPipelineMixinTests(CondiffMixinSettings, unittest.Test
     params = CLASS_PARAMS | {"guidance_rescale"}
 
     def get_dummy_components(self):
-        return {"unet": tiny_unet(K), "scheduler": ddpm()}
+        return {"unet": tiny_unet(K), "scheduler": ddpm(), "guide_unet": None}  # optional, as diffusers lists them
 
     def get_dummy_inputs(self, device, seed=0):
         return {
