@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from .checks import check_callback_outputs, check_scale
+
 Pair = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -32,7 +34,12 @@ def step_callback(
     if condition is not None and "negative_prompt_embeds" in names:
         available["negative_prompt_embeds"] = condition[0]
     scale_before = pipe._guidance_scale
-    outputs = callback(pipe, step, t, {name: available[name] for name in names}) or {}
+    outputs = check_callback_outputs(callback(pipe, step, t, {name: available[name] for name in names}), latents)
+    for name in ("_guidance_scale", "_classifier_scale"):
+        try:
+            check_scale(f"pipe.{name}", getattr(pipe, name, 0.0))
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"callback_on_step_end set {error}") from None
     if scale_before != 0 and pipe._guidance_scale == 0:
         pipe._guidance_scale = 1.0
     if condition is not None:

@@ -6,6 +6,7 @@ Part of the Hub-loadable pipeline code: imports only torch, numpy and the standa
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +16,11 @@ import torch
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 MAX_IMAGES_PER_CALL = 65536
+# Guidance and classifier scales beyond this are refused: the shipped models still give finite images at 1e6 (float32),
+# none has a use above ~30, and from about 1e20 the sampling state overflows to NaN.
+MAX_GUIDANCE_SCALE = 1e4
+# Initial noise is about N(0, 1): a caller's latents beyond this magnitude overflow the float32 sampling state.
+MAX_LATENT_MAGNITUDE = 1e4
 _MAX_REPR = 80
 
 
@@ -34,12 +40,14 @@ def check_positive_int(name: str, value: Any, maximum: int | None = None) -> Non
         raise ValueError(f"{name} must be <= {maximum}, got {value}")
 
 
-def check_scale(name: str, value: Any) -> None:
-    """A guidance weight: a finite real number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+def check_scale(name: str, value: Any, maximum: float = MAX_GUIDANCE_SCALE) -> None:
+    """A guidance weight: a finite real number in [0, maximum] (`MAX_GUIDANCE_SCALE` by default)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise TypeError(f"{name} must be a real number >= 0, got {type(value).__name__}")
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    if value > maximum:
+        raise ValueError(f"{name} must be <= {maximum:g}, got {value:g}")
 
 
 def resolve_num_images(
@@ -79,6 +87,11 @@ def check_latents(latents: Any, shape: tuple[int, ...]) -> torch.Tensor:
         raise ValueError("latents is on the 'meta' device and holds no values")
     if not bool(torch.isfinite(latents).all()):
         raise ValueError("latents must be finite; it holds NaN or inf values")
+    if latents.numel() and float(latents.abs().max()) > MAX_LATENT_MAGNITUDE:
+        raise ValueError(
+            f"latents must be starting noise (about N(0, 1)) with |values| <= {MAX_LATENT_MAGNITUDE:g}, got "
+            f"{float(latents.abs().max()):.3g}"
+        )
     return latents
 
 
@@ -96,10 +109,27 @@ def check_generators(generator: Any, batch_size: int) -> None:
     raise TypeError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
 
 
+CALLBACK_PROTOCOL = "fn(pipe, step, timestep, callback_kwargs) returning a dict of tensors by name, or None"
+
+
 def check_callback_inputs(names: Any, allowed: Sequence[str], callback: Any = None) -> None:
-    """`callback` is callable or None; `names` is a list of tensor names, each in `allowed`."""
+    """`callback` is callable or None and takes diffusers' four arguments; `names` is a list of tensor names, each in
+    `allowed`."""
     if callback is not None and not callable(callback):
         raise TypeError(f"callback_on_step_end must be callable or None, got {type(callback).__name__}")
+    if callback is not None:
+        try:
+            signature = inspect.signature(callback)
+        except (TypeError, ValueError):  # a builtin without a signature: accepted as it is
+            signature = None
+        if signature is not None:
+            try:
+                signature.bind(None, 0, 0, {})
+            except TypeError:
+                raise TypeError(
+                    f"callback_on_step_end must be {CALLBACK_PROTOCOL}; {short_repr(callback)} cannot take those four "
+                    f"arguments {signature}"
+                ) from None
     if isinstance(names, (str, bytes)) or not isinstance(names, (list, tuple)):
         raise TypeError(
             f"callback_on_step_end_tensor_inputs must be a list of names such as ['latents'], got {short_repr(names)}"
@@ -141,3 +171,35 @@ def latent_shape(unet_config: Any, factor: int, n: int, height: Any, width: Any)
         if value % factor:
             raise ValueError(f"{name} must be divisible by the VAE's down-sampling factor {factor}, got {value}")
     return (n, unet_config.in_channels, height // factor, width // factor)
+
+
+def check_callback_outputs(outputs: Any, latents: torch.Tensor) -> dict:
+    """What `callback_on_step_end` returned: None or a dict; its "latents", if any, a finite floating-point tensor of
+    the sampling state's shape."""
+    if outputs is None:
+        return {}
+    if not isinstance(outputs, dict):
+        raise TypeError(
+            f"callback_on_step_end must return a dict of tensors by name (or None), got {short_repr(outputs)}"
+        )
+    new = outputs.get("latents", latents)
+    if new is not latents:
+        if not isinstance(new, torch.Tensor) or not new.dtype.is_floating_point or new.shape != latents.shape:
+            got = (
+                f"{new.dtype} tensor of shape {tuple(new.shape)}" if isinstance(new, torch.Tensor) else short_repr(new)
+            )
+            raise TypeError(f"callback_on_step_end returned latents that are not a floating-point tensor of shape "
+                            f"{tuple(latents.shape)}: {got}")  # fmt: skip
+        if not bool(torch.isfinite(new).all()):
+            raise ValueError("callback_on_step_end returned latents holding NaN or inf values")
+    return outputs
+
+
+def check_finite_state(latents: torch.Tensor, step: int, num_steps: int, timestep: Any, scheduler: Any) -> None:
+    """Raise FloatingPointError naming the step when sampling has produced NaN or inf values."""
+    if not bool(torch.isfinite(latents).all()):
+        raise FloatingPointError(
+            f"sampling produced NaN or inf values at step {step + 1} of {num_steps} (timestep {float(timestep):g}) "
+            f"with {type(scheduler).__name__}: the guidance scale, the step count or the scheduler is outside what "
+            f"this model samples stably; no images are returned"
+        )

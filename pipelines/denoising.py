@@ -19,7 +19,7 @@ from diffusers import DiffusionPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 
 from .callbacks import Pair, step_callback
-from .checks import check_callback_inputs, check_output_type, check_positive_int, short_repr
+from .checks import check_callback_inputs, check_finite_state, check_output_type, check_positive_int, short_repr
 from .diffusers_guiders import diffusers_guidance, is_diffusers_guider
 from .guidance import check_guidance_arguments, concat_conditions, resolve_default_guidance_scale
 from .guiders import Autoguidance, ClassifierFreeGuidance, GatedClassifierFreeGuidance, Guidance, Step
@@ -216,6 +216,7 @@ class CondiffPipeline(DiffusionPipeline):
             prediction = guidance.predict(step, evaluate)
             latents = self.scheduler.step(prediction, t, latents, **step_kwargs).prev_sample
             latents = guidance.after_step(step, latents)
+            check_finite_state(latents, i, len(timesteps), t, self.scheduler)
             latents, pair = step_callback(self, callback, i, t, latents, tensor_inputs, self._callback_pair(conditions))
             conditions = self._with_callback_pair(conditions, pair)
         return latents, rows[0]
@@ -241,6 +242,8 @@ class CondiffPipeline(DiffusionPipeline):
 
     def _output(self, images: torch.Tensor, output_type: str, return_dict: bool, rows: int, batch_size: int) -> Any:
         """[-1, 1] images (or final latents, for "latent") in the requested type, as diffusers pipelines return."""
+        if not bool(torch.isfinite(images).all()):
+            raise FloatingPointError("the decoded images hold NaN or inf values; no images are returned")
         images = to_output_type(images, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:

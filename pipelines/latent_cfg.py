@@ -206,7 +206,8 @@ class LatentCFGPipeline(PromptConditionsMixin, CondiffPipeline):
             callback_on_step_end, callback_on_step_end_tensor_inputs)  # fmt: skip
         method = self._guidance(guidance, interval, guidance_scale, guidance_interval)
         n_prompts = len(check_prompts("prompt", prompt)) if prompt is not None else None
-        n_prompts = n_prompts or (len(prompt_embeds) if isinstance(prompt_embeds, torch.Tensor) else 1)
+        given = isinstance(prompt_embeds, torch.Tensor) and prompt_embeds.ndim > 0
+        n_prompts = n_prompts or (prompt_embeds.shape[0] if given else 1)
         batch = n_prompts * num_images_per_prompt
         if batch > MAX_IMAGES_PER_CALL:
             raise ValueError(f"prompts x num_images_per_prompt = {batch} images; at most {MAX_IMAGES_PER_CALL}")

@@ -17,12 +17,16 @@ from .text_encoding import encode_text, text_width
 
 def check_prompts(name: str, prompts: Any) -> list[str]:
     """A string or a non-empty list of strings, as a list."""
-    if isinstance(prompts, str):
-        return [prompts]
+    prompts = [prompts] if isinstance(prompts, str) else prompts
     if not isinstance(prompts, (list, tuple)) or not prompts:
         raise ValueError(f"{name} must be a string or a non-empty list of strings, got {short_repr(prompts)}")
     if not all(isinstance(p, str) for p in prompts):
         raise TypeError(f"{name} must hold only strings, got {short_repr(prompts)}")
+    for p in prompts:
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError as error:  # a lone surrogate ("\udcff"): no tokenizer can take it
+            raise ValueError(f"{name} must be valid Unicode text; {short_repr(p)} holds {error.reason}") from None
     return list(prompts)
 
 
@@ -66,11 +70,23 @@ class PromptConditionsMixin:
             negative_prompt_embeds = None
         return prompt_embeds, negative_prompt_embeds
 
-    def _check_embeds(self, name: str, embeds: Any) -> torch.Tensor:
+    def _check_embeds(self, name: str, embeds: Any, tokens: int | None = None) -> torch.Tensor:
+        """Precomputed embeddings: a finite floating-point (N >= 1, tokens, width) tensor; `tokens`, when given, is
+        the token count they must have (that of the negative prompt's encoding they are paired with)."""
         width = self.unet.config.cross_attention_dim if self.unet is not None else text_width(self.text_encoder)
-        if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3 or embeds.shape[-1] != width:
+        shape = f"(N >= 1, {tokens or 'tokens'}, {width})"
+        if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3 or embeds.shape[-1] != width or not len(embeds):
             got = tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__
-            raise ValueError(f"{name} must be a tensor of shape (N, tokens, {width}), got {got}")
+            raise ValueError(f"{name} must be a tensor of shape {shape}, got {got}")
+        if tokens is not None and embeds.shape[1] != tokens:
+            raise ValueError(
+                f"{name} must have shape {shape} (the null/negative prompt is encoded to max_text_length tokens; or "
+                f"pass negative_prompt_embeds of the same shape), got {tuple(embeds.shape)}"
+            )
+        if not embeds.dtype.is_floating_point:
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {embeds.dtype}")
+        if not bool(torch.isfinite(embeds).all()):
+            raise ValueError(f"{name} holds NaN or inf values")
         return embeds.to(self._execution_device, self._embeds_dtype())
 
     def text_conditions(
@@ -81,16 +97,22 @@ class PromptConditionsMixin:
             raise ValueError("pass exactly one of prompt and prompt_embeds")
         if negative_prompt is not None and negative_prompt_embeds is not None:
             raise ValueError("pass at most one of negative_prompt and negative_prompt_embeds")
-        cond = self._encode(check_prompts("prompt", prompt)) if prompt is not None else None
-        cond = cond if cond is not None else self._check_embeds("prompt_embeds", prompt_embeds)
-        n = len(cond)
-        if negative_prompt_embeds is not None:
-            uncond = self._check_embeds("negative_prompt_embeds", negative_prompt_embeds)
+        # every argument is checked before the text encoder runs
+        prompts = None if prompt is None else check_prompts("prompt", prompt)
+        paired = negative_prompt_embeds is not None
+        negatives = (
+            None if paired else check_prompts("negative_prompt", "" if negative_prompt is None else negative_prompt)
+        )
+        tokens = None if paired else self.config.max_text_length
+        cond = None if prompt_embeds is None else self._check_embeds("prompt_embeds", prompt_embeds, tokens)
+        uncond = self._check_embeds("negative_prompt_embeds", negative_prompt_embeds) if paired else None
+        n = len(prompts) if prompts is not None else len(cond)
+        if not paired and len(negatives) not in (1, n):
+            raise ValueError(f"negative_prompt has {len(negatives)} entries but there are {n} prompts; give 1 or {n}")
+        cond = self._encode(prompts) if cond is None else cond
+        if paired:
             if uncond.shape != cond.shape:
                 raise ValueError(f"negative_prompt_embeds shape {tuple(uncond.shape)} != prompt's {tuple(cond.shape)}")
             return cond, uncond
-        negatives = [""] if negative_prompt is None else check_prompts("negative_prompt", negative_prompt)
-        if len(negatives) not in (1, n):
-            raise ValueError(f"negative_prompt has {len(negatives)} entries but there are {n} prompts; give 1 or {n}")
         uncond = self._encode(negatives)
         return cond, uncond.expand(n, -1, -1) if len(uncond) == 1 else uncond

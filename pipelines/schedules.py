@@ -56,6 +56,9 @@ def check_schedule(scheduler: Any) -> None:
     """Refuse, after `set_timesteps` and before any model work, a scheduler that is known to give noise on this
     schedule, naming the reason and the setting that works."""
     name, sigmas = type(scheduler).__name__, getattr(scheduler, "sigmas", None)
+    check_distinct_timesteps(scheduler)
+    if name == "EulerAncestralDiscreteScheduler":
+        check_ancestral_split(scheduler)
     if sigmas is None or len(sigmas) < 2:
         return
     first, second = float(sigmas[0]), float(sigmas[1])
@@ -71,3 +74,38 @@ def check_schedule(scheduler: Any) -> None:
             raise ValueError(
                 f"{name} gives NaN images on a schedule that starts at sigma {first:.4g} (nearly pure noise); {fix}"
             )
+
+
+def check_distinct_timesteps(scheduler: Any) -> None:
+    """A step count near the training schedule's length can round two steps onto one timestep (DPM-Solver++'s
+    linspace spacing at 1,000 of 1,000): a zero-length step, which multistep solvers divide by (NaN images).
+    Second-order schedulers that visit each timestep twice by design (Heun, KDPM2) are exempt."""
+    timesteps = getattr(scheduler, "timesteps", None)
+    if timesteps is None or hasattr(scheduler, "state_in_first_order") or len(timesteps) < 2:
+        return
+    steps = torch.as_tensor(timesteps).flatten()
+    repeated = (steps[1:] == steps[:-1]).nonzero().flatten()
+    if len(repeated):
+        raise ValueError(
+            f"num_inference_steps={len(steps)} gives {type(scheduler).__name__} the timestep "
+            f"{float(steps[int(repeated[0])]):g} twice (more steps than this spacing can place apart): a zero-length "
+            f"step that gives NaN images; use fewer steps"
+        )
+
+
+def check_ancestral_split(scheduler: Any) -> None:
+    """Euler Ancestral splits each step into sigma_down and sigma_up; for some step counts on a schedule that starts
+    at nearly pure noise, float rounding makes sigma_to^2 - sigma_up^2 negative and its square root NaN (measured:
+    4 steps on the shipped cosine schedule). The split is computed here exactly as the scheduler computes it."""
+    sigmas = scheduler.sigmas
+    s_from, s_to = sigmas[:-1], sigmas[1:]
+    sigma_up = (s_to**2 * (s_from**2 - s_to**2) / s_from**2) ** 0.5
+    sigma_down = (s_to**2 - sigma_up**2) ** 0.5
+    bad = (~torch.isfinite(sigma_down) | ~torch.isfinite(sigma_up)).nonzero().flatten()
+    if len(bad):
+        i = int(bad[0])
+        raise ValueError(
+            f"EulerAncestralDiscreteScheduler would give NaN images with num_inference_steps={len(sigmas) - 1}: its "
+            f"ancestral split of step {i + 1} (sigma {float(s_from[i]):.4g} -> {float(s_to[i]):.4g}) is not finite in "
+            f"{sigmas.dtype}; use another num_inference_steps or another scheduler"
+        )

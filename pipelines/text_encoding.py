@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .checks import short_repr
 from .weights import refusing_unsafe_pickles
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,10 @@ def encode_text(
         too_long = [p for p, ids in zip(chunk, full) if len(ids) > max_length]
         if too_long:
             logger.warning(
-                "%d prompt(s) longer than %d tokens were truncated, e.g. %r", len(too_long), max_length, too_long[0]
+                "%d prompt(s) longer than %d tokens were truncated, e.g. %s",
+                len(too_long),
+                max_length,
+                short_repr(too_long[0]),  # a 1M-character prompt must not become a 1M-character log line
             )
         hidden = text_encoder(
             input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device)
