@@ -1,0 +1,66 @@
+"""A saved folder is not trusted for its sizes (reliability round 2, item 1): implausible configs are refused when
+loading, before anything is allocated, naming the file and field; the limits can be raised on purpose."""
+
+import json
+import time
+
+import pytest
+from condiff.pipelines import limits
+from conftest import tiny_pipeline
+
+from condiff import ClassConditionalDDPMPipeline
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("saved")
+    tiny_pipeline().save_pretrained(folder)
+    return folder
+
+
+def edited(saved, tmp_path, file, **changes):
+    import shutil
+
+    folder = tmp_path / "edited"
+    shutil.copytree(saved, folder)
+    config = json.loads((folder / file).read_text())
+    (folder / file).write_text(json.dumps({**config, **changes}))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "file, changes, match",
+    [
+        ("scheduler/scheduler_config.json", {"num_train_timesteps": 10**9}, "num_train_timesteps = 1000000000"),
+        ("unet/config.json", {"sample_size": 20000}, "sample_size = 20000"),
+        ("unet/config.json", {"sample_size": 1e6}, "sample_size = 1000000.0"),
+        ("unet/config.json", {"num_class_embeds": 10**9}, "num_class_embeds = 1000000000"),
+        ("unet/config.json", {"block_out_channels": [1048576] * 2}, "parameters"),
+    ],
+)
+def test_implausible_sizes_are_refused_quickly_naming_file_and_field(saved, tmp_path, file, changes, match):
+    folder = edited(saved, tmp_path, file, **changes)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=match) as error:
+        ClassConditionalDDPMPipeline.from_pretrained(folder)
+    assert file.split("/")[0] in str(error.value) and "LIMITS[" in str(error.value)
+    assert time.perf_counter() - start < 30  # refused, not allocated (the 1e9 schedule used to hang for minutes)
+
+
+def test_a_non_numeric_size_is_refused(saved, tmp_path):
+    with pytest.raises(ValueError, match="sample_size must be a non-negative number"):
+        ClassConditionalDDPMPipeline.from_pretrained(edited(saved, tmp_path, "unet/config.json", sample_size="big"))
+
+
+def test_a_limit_can_be_raised_on_purpose(saved, tmp_path, monkeypatch):
+    monkeypatch.setitem(limits.LIMITS, "max_sample_size", 4)  # the tiny UNet makes 8x8 samples
+    with pytest.raises(ValueError, match="sample_size = 8"):
+        ClassConditionalDDPMPipeline.from_pretrained(saved)
+    monkeypatch.setitem(limits.LIMITS, "max_sample_size", 8)
+    assert ClassConditionalDDPMPipeline.from_pretrained(saved).unet.config.sample_size == 8
+
+
+def test_parameters_are_counted_without_memory():
+    unet = tiny_pipeline().unet
+    config = {**unet.config, "_class_name": type(unet).__name__, "block_out_channels": [4096, 4096]}
+    assert limits.count_parameters_on_meta(config) > 10**8  # built on the meta device: no allocation
