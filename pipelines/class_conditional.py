@@ -33,7 +33,7 @@ from .outputs import CondiffPipelineOutput
 # the modules the shared loop needs are named here too, so `custom_pipeline="pipelines/<this file>"` loads.
 from .callbacks import step_callback  # noqa: F401
 from .diffusers_guiders import DiffusersGuidance  # noqa: F401
-from .limits import check_saved_sizes  # noqa: F401
+from .saved_folder import check_saved_folder  # noqa: F401
 from .schedules import check_schedule  # noqa: F401
 from .weights import refusing_unsafe_pickles  # noqa: F401
 

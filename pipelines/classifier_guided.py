@@ -29,10 +29,10 @@ from .denoising import CondiffPipeline, StepCallback
 from .guidance import check_guidance_arguments
 from .guiders import ClassifierGuidance, Guidance
 from .labels import LabelInput, ids_per_image, normalize_id2label, parse_labels
-from .limits import check_saved_sizes
 from .locking import serialized_call
 from .networks import unet_extra_inputs
 from .outputs import CondiffPipelineOutput
+from .saved_folder import check_saved_folder
 from .weights import refusing_unsafe_pickles
 
 # isort: split
@@ -99,7 +99,7 @@ class ClassifierGuidedPipeline(CondiffPipeline):
         variant asked for. Weights load as diffusers loads them: safetensors first, a `.bin` through torch's
         weights-only unpickler (`UnsafeWeightsError` if it holds more)."""
         classifier = kwargs.pop("classifier", None)
-        check_saved_sizes(pretrained_model_name_or_path)  # before the classifier is loaded
+        check_saved_folder(pretrained_model_name_or_path, cls)  # before the classifier is loaded
         with refusing_unsafe_pickles():
             if classifier is None:
                 classifier = load_saved_classifier(pretrained_model_name_or_path, kwargs)

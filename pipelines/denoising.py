@@ -24,8 +24,8 @@ from .diffusers_guiders import diffusers_guidance, is_diffusers_guider
 from .guidance import check_guidance_arguments, concat_conditions, resolve_default_guidance_scale
 from .guiders import Autoguidance, ClassifierFreeGuidance, GatedClassifierFreeGuidance, Guidance, Step
 from .labels import normalize_id2label
-from .limits import check_saved_sizes
 from .outputs import CondiffPipelineOutput, to_output_type
+from .saved_folder import check_saved_folder
 from .schedules import check_schedule, initial_noise, scheduler_step_kwargs
 from .weights import refusing_unsafe_pickles
 
@@ -52,7 +52,7 @@ class CondiffPipeline(DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
         """diffusers' `from_pretrained`; weights load as diffusers loads them: safetensors first, a `.bin` through
         torch's weights-only unpickler (`UnsafeWeightsError` if it holds more)."""
-        check_saved_sizes(pretrained_model_name_or_path)
+        check_saved_folder(pretrained_model_name_or_path, cls)
         with refusing_unsafe_pickles():
             pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         pipe._after_loading(kwargs)

@@ -33,7 +33,7 @@ from .weights import component_dtype
 from .callbacks import step_callback  # noqa: F401
 from .diffusers_guiders import DiffusersGuidance  # noqa: F401
 from .guiders import Step  # noqa: F401
-from .limits import check_saved_sizes  # noqa: F401
+from .saved_folder import check_saved_folder  # noqa: F401
 from .schedules import check_schedule  # noqa: F401
 
 TEXT_COMPONENTS = ("text_encoder", "tokenizer")

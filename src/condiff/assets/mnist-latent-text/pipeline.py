@@ -14,10 +14,10 @@ from .guidance import __name__ as _guidance  # noqa: F401
 from .guiders import __name__ as _guiders  # noqa: F401
 from .labels import __name__ as _labels  # noqa: F401
 from .latent_cfg import LatentCFGPipeline as Pipeline  # noqa: F401
-from .limits import __name__ as _limits  # noqa: F401
 from .locking import __name__ as _locking  # noqa: F401
 from .outputs import __name__ as _outputs  # noqa: F401
 from .prompts import __name__ as _prompts  # noqa: F401
+from .saved_folder import __name__ as _saved_folder  # noqa: F401
 from .schedules import __name__ as _schedules  # noqa: F401
 from .text_encoding import __name__ as _text_encoding  # noqa: F401
 from .weights import __name__ as _weights  # noqa: F401

@@ -1,11 +1,12 @@
-"""A saved folder is not trusted for its sizes (reliability round 2, item 1): implausible configs are refused when
-loading, before anything is allocated, naming the file and field; the limits can be raised on purpose."""
+"""A saved folder is checked before loading (reliability round 2, items 1-2): implausible sizes are refused when
+loading, before anything is allocated, naming the file and field (the limits can be raised on purpose); a component
+without weights, of the wrong library, with broken JSON or no folder is named with its folder.
 
 import json
 import time
 
 import pytest
-from condiff.pipelines import limits
+from condiff.pipelines import saved_folder as limits
 from conftest import tiny_pipeline
 
 from condiff import ClassConditionalDDPMPipeline
@@ -64,3 +65,29 @@ def test_parameters_are_counted_without_memory():
     unet = tiny_pipeline().unet
     config = {**unet.config, "_class_name": type(unet).__name__, "block_out_channels": [4096, 4096]}
     assert limits.count_parameters_on_meta(config) > 10**8  # built on the meta device: no allocation
+
+
+def test_a_component_without_weights_is_named(saved, tmp_path):
+    folder = edited(saved, tmp_path, "unet/config.json")
+    for weights in (folder / "unet").glob("*.safetensors"):
+        weights.unlink()
+    with pytest.raises(ValueError, match=r"component 'unet' of .*edited: .*unet has a config.json but no weights"):
+        ClassConditionalDDPMPipeline.from_pretrained(folder)
+
+
+def test_a_component_of_the_wrong_library_is_named(saved, tmp_path):
+    folder = edited(saved, tmp_path, "model_index.json", guide_unet=["transformers", "BertModel"])
+    with pytest.raises(ValueError, match=r"component 'guide_unet' is transformers.BertModel, but ClassCondition"):
+        ClassConditionalDDPMPipeline.from_pretrained(folder)
+
+
+def test_broken_json_and_a_missing_component_folder_are_named(saved, tmp_path):
+    folder = edited(saved, tmp_path, "unet/config.json")
+    (folder / "unet" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"unet/config.json is not valid JSON"):
+        ClassConditionalDDPMPipeline.from_pretrained(folder)
+    import shutil
+
+    shutil.rmtree(folder / "unet")
+    with pytest.raises(ValueError, match=r"component 'unet' of .*: .*unet has no config.json"):
+        ClassConditionalDDPMPipeline.from_pretrained(folder)

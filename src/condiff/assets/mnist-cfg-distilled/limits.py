@@ -1,1 +1,0 @@
-../../../../pipelines/limits.py
