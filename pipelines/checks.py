@@ -15,7 +15,13 @@ import numpy as np
 import torch
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-MAX_IMAGES_PER_CALL = 65536
+# Per-call limits, from what a call can finish: memory stays bounded (networks run on at most MAX_ROWS_PER_PASS rows at
+# a time), time grows with the images (16,384 shipped-model images: about 2 minutes on 2 CPU cores), and a text
+# model's self-attention grows with the square of its latent tokens (the shipped model: 3 s per step at 64x64 latent
+# tokens, 41 s at 128x128; SDXL samples 128x128 latents on a GPU).
+MAX_IMAGES_PER_CALL = 16384
+MAX_ROWS_PER_PASS = 512
+MAX_LATENT_TOKENS = 128 * 128
 # Guidance and classifier scales beyond this are refused: the shipped models still give finite images at 1e6 (float32),
 # none has a use above ~30, and from about 1e20 the sampling state overflows to NaN.
 MAX_GUIDANCE_SCALE = 1e4
@@ -170,6 +176,12 @@ def latent_shape(unet_config: Any, factor: int, n: int, height: Any, width: Any)
         check_positive_int(name, value, 16384)
         if value % factor:
             raise ValueError(f"{name} must be divisible by the VAE's down-sampling factor {factor}, got {value}")
+    tokens = (height // factor) * (width // factor)
+    if tokens > MAX_LATENT_TOKENS:
+        raise ValueError(
+            f"height x width = {height} x {width} gives {tokens} latent positions per image; at most "
+            f"{MAX_LATENT_TOKENS} (e.g. {128 * factor} x {128 * factor}): self-attention grows with their square"
+        )
     return (n, unet_config.in_channels, height // factor, width // factor)
 
 

@@ -16,7 +16,7 @@ from diffusers import UNet2DModel
 from diffusers.schedulers import SchedulerMixin
 from diffusers.utils import logging
 
-from .checks import check_positive_int, check_scale, resolve_num_images, unet_sample_size
+from .checks import MAX_ROWS_PER_PASS, check_positive_int, check_scale, resolve_num_images, unet_sample_size
 from .classifiers import (
     check_classifier_fits,
     check_guidable_scheduler,
@@ -30,7 +30,7 @@ from .guidance import check_guidance_arguments
 from .guiders import ClassifierGuidance, Guidance
 from .labels import LabelInput, ids_per_image, normalize_id2label, parse_labels
 from .locking import serialized_call
-from .networks import unet_extra_inputs
+from .networks import micro_batched, unet_extra_inputs
 from .outputs import CondiffPipelineOutput
 from .saved_folder import check_saved_folder
 from .weights import refusing_unsafe_pickles
@@ -167,7 +167,12 @@ class ClassifierGuidedPipeline(CondiffPipeline):
 
     # ----------------------------------------------------------------------------------------------- the loop
     def _predict(self, network: Any, sample: torch.Tensor, labels: Any, t: Any, scale: Any) -> torch.Tensor:
-        return network(sample, t, class_labels=labels, **unet_extra_inputs(network)).sample
+        extra = unet_extra_inputs(network)
+
+        def forward(x: torch.Tensor, class_labels: Any) -> torch.Tensor:
+            return network(x, t, class_labels=class_labels, **extra).sample
+
+        return micro_batched(forward, MAX_ROWS_PER_PASS, sample, labels)
 
     def _classify(self, sample: torch.Tensor, *timestep: Any) -> torch.Tensor:
         return self.classifier(sample.to(self.classifier.dtype), *timestep)

@@ -17,11 +17,12 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.schedulers import SchedulerMixin
 
-from .checks import MAX_IMAGES_PER_CALL, check_generators, check_positive_int, latent_shape
+from .checks import MAX_IMAGES_PER_CALL, MAX_ROWS_PER_PASS, check_generators, check_positive_int, latent_shape
 from .denoising import CondiffPipeline
 from .guidance import check_guidance_arguments
 from .labels import LabelInput, normalize_id2label, prompt_class_ids
 from .locking import serialized_call
+from .networks import micro_batched
 from .outputs import CondiffPipelineOutput
 from .prompts import PromptConditionsMixin, check_prompts
 from .text_encoding import DEFAULT_TEXT_ENCODER, load_text_encoder, text_width
@@ -127,7 +128,13 @@ class LatentCFGPipeline(PromptConditionsMixin, CondiffPipeline):
         return getattr(self, "_cross_attention_kwargs", None)
 
     def _predict(self, network: Any, sample: torch.Tensor, condition: dict, t: Any, scale: Any) -> torch.Tensor:
-        return network(sample, t, **condition, cross_attention_kwargs=self.cross_attention_kwargs).sample
+        def forward(x: torch.Tensor, states: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
+            labels = {} if class_labels is None else {"class_labels": class_labels}
+            kwargs = self.cross_attention_kwargs
+            return network(x, t, encoder_hidden_states=states, **labels, cross_attention_kwargs=kwargs).sample
+
+        rows = (condition["encoder_hidden_states"], condition.get("class_labels"))
+        return micro_batched(forward, MAX_ROWS_PER_PASS, sample, *rows)
 
     def _callback_pair(self, conditions: dict) -> tuple:
         return conditions["uncond"]["encoder_hidden_states"], conditions["cond"]["encoder_hidden_states"]

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from .checks import MAX_ROWS_PER_PASS
 from .guidance import guidance_scale_embedding
 
 
@@ -53,7 +54,7 @@ def class_unet_forward(
         cond = {} if w_rows is None else {"timestep_cond": w_rows}
         return network(channels_last(x), t, class_labels=class_labels, **extra, **cond).sample
 
-    return micro_batched(forward, micro_batch_size, sample, labels, w_emb)
+    return micro_batched(forward, micro_batch_size or MAX_ROWS_PER_PASS, sample, labels, w_emb)
 
 
 def to_channels_last(pipe: Any, names: tuple[str, ...], from_pretrained_kwargs: dict) -> None:

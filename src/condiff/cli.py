@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--negative-prompt", default=None, help="negative prompt (--pipeline latent)")
     g.add_argument(
         "--num-images",
-        type=int_in(1, 65536),
+        type=int_in(1, 16384),  # condiff.pipelines.checks.MAX_IMAGES_PER_CALL
         default=16,
         help="images PER LABEL: --label 0,1 --num-images 3 writes 6 images, 2 rows of 3",
     )

@@ -145,8 +145,8 @@ def test_every_invalid_pipeline_argument_is_rejected_by_name(data):
 
 
 def test_too_many_images_in_total_names_both_arguments():
-    with no_model_work(PIPE), pytest.raises(ValueError, match="label x num_images_per_label = 80000 images"):
-        PIPE(label=[0, 1], num_images_per_label=40_000)
+    with no_model_work(PIPE), pytest.raises(ValueError, match="label x num_images_per_label = 20000 images"):
+        PIPE(label=[0, 1], num_images_per_label=10_000)
 
 
 # ------------------------------------------------------------------------------------------- valid values
