@@ -109,3 +109,21 @@ def test_gated_cfg_without_a_curve_or_with_a_bad_one_is_refused():
         ClassConditionalDDPMPipeline(pipe.unet, pipe.scheduler, gated_cfg_curve=[[500, -1.0], [100, 0.1]])
     with pytest.raises(ValueError, match="default_guidance must be one of"):
         ClassConditionalDDPMPipeline(pipe.unet, pipe.scheduler, default_guidance="gated")
+
+
+def test_measure_on_seeds_resumes_and_averages(tmp_path):
+    from condiff.evaluation.gating import measure_on_seeds, seeds_markdown
+
+    calls = []
+
+    def evaluate(pipe, num_per_class, seed, **kwargs):
+        calls.append((seed, kwargs["w"]))
+        return {"accuracy": 0.99, "fd_ratio_matched": kwargs["w"] + seed / 10, "nfe_per_image": 14.0}
+
+    points = tmp_path / "points.jsonl"
+    settings = {"a": {"w": 1.0}, "b": {"w": 2.0}}
+    measure_on_seeds("P", {"a": settings["a"]}, [0, 4], points, evaluate)
+    rows = measure_on_seeds("P", settings, [0, 4], points, evaluate)
+    assert calls == [(0, 1.0), (4, 1.0), (0, 2.0), (4, 2.0)]  # "a" was read back, not re-measured
+    text = seeds_markdown(rows, "# t")
+    assert "| a | 2 | 0.990 | 1.200 | 14.0 |" in text and "| b | 2 | 0.990 | 2.200 | 14.0 |" in text

@@ -1,6 +1,6 @@
 """A saved folder is checked before loading (reliability round 2, items 1-2): implausible sizes are refused when
 loading, before anything is allocated, naming the file and field (the limits can be raised on purpose); a component
-without weights, of the wrong library, with broken JSON or no folder is named with its folder.
+without weights, of the wrong library, with broken JSON or no folder is named with its folder."""
 
 import json
 import time
