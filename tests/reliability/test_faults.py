@@ -188,7 +188,7 @@ def test_resume_latest_skips_incomplete_truncated_and_corrupt_checkpoints(traine
     log = caplog.text
     assert "skipping checkpoint checkpoint-8" in log and "no condiff_complete.json" in log
     assert "skipping checkpoint checkpoint-6" in log and "truncated or corrupt" in log
-    assert "could not load checkpoint" in log and "checkpoint-4" in log
+    assert "skipping checkpoint checkpoint-4" in log and "SHA-256 differs" in log  # the garbage optimizer state
     assert not (out / ".tmp-checkpoint-10").exists()
 
 
@@ -208,6 +208,9 @@ def test_all_checkpoints_unloadable_is_an_error_not_a_silent_restart(trained_wit
     for ckpt in complete_checkpoints(out):
         opt = ckpt / "optimizer.bin"
         opt.write_bytes(b"\x00" * opt.stat().st_size)
+        marker = json.loads((ckpt / MARKER).read_text())  # hashes that agree: intact files that do not load
+        marker["sha256"]["optimizer.bin"] = sha(opt)
+        (ckpt / MARKER).write_text(json.dumps(marker))
     with pytest.raises(CheckpointError, match="none of the checkpoints .* could be loaded"):
         train(tiny_args(out, "--max_train_steps", "8", "--resume_from_checkpoint", "latest"))
 
@@ -236,3 +239,40 @@ def test_total_limit_during_training_and_marker_contents(tmp_path):
     assert checkpoint_problem(out / "checkpoint-6") is None
     # No pickled EMA (Accelerate's custom_checkpoint_*.pkl): only Accelerate's RNG state is a pickle.
     assert {p.name for p in out.glob("checkpoint-6/*.pkl")} == {"random_states_0.pkl"}
+
+
+def zero_tensor_bytes(weights) -> None:
+    """Keep the safetensors header, zero every tensor byte: same size, a valid file, wrong weights."""
+    data = bytearray(weights.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    data[start:] = bytes(len(data) - start)
+    weights.write_bytes(bytes(data))
+
+
+def test_changed_checkpoint_bytes_are_caught_and_latest_falls_back(trained_with_checkpoints, tmp_path, caplog):
+    out = copy_run(trained_with_checkpoints, tmp_path / "run")
+    zero_tensor_bytes(out / "checkpoint-6" / "model.safetensors")
+    flipped = out / "checkpoint-4" / "optimizer.bin"
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 1  # one flipped bit
+    flipped.write_bytes(bytes(data))
+    assert checkpoint_problem(out / "checkpoint-6") is None  # sizes and header are fine: only the hashes tell
+    assert "SHA-256 differs" in checkpoint_problem(out / "checkpoint-6", verify_contents=True)
+    with pytest.raises(ValueError, match=r"checkpoint-6/model.safetensors does not hold the bytes that were written"):
+        train(tiny_args(out, "--max_train_steps", "8", "--resume_from_checkpoint", "checkpoint-6"))
+    caplog.set_level(logging.WARNING)
+    done = train(tiny_args(out, "--max_train_steps", "8", "--resume_from_checkpoint", "latest"))
+    assert json.loads((done / "training_summary.json").read_text())["resumed_from"] == "checkpoint-2"
+    assert "skipping checkpoint checkpoint-6" in caplog.text and "skipping checkpoint checkpoint-4" in caplog.text
+
+
+def test_every_checkpoint_corrupt_is_an_error_and_nothing_is_overwritten(trained_with_checkpoints, tmp_path):
+    out = copy_run(trained_with_checkpoints, tmp_path / "run")
+    for ckpt in complete_checkpoints(out):
+        zero_tensor_bytes(ckpt / "model.safetensors")
+    before = {p: sha(p) for p in out.rglob("*") if p.is_file()}
+    with pytest.raises((ValueError, CheckpointError), match="no complete checkpoint|none of the checkpoints"):
+        train(tiny_args(out, "--max_train_steps", "8", "--resume_from_checkpoint", "latest"))
+    assert {p: sha(p) for p in out.rglob("*") if p.is_file()} == before
+    marker = json.loads((out / "checkpoint-6" / MARKER).read_text())
+    assert set(marker["sha256"]) == set(marker["files"])  # every file's hash recorded when written

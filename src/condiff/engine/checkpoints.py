@@ -1,9 +1,11 @@
 """Crash-safe training checkpoints: Accelerate state folders named `checkpoint-<step>` under the output directory.
 
 A checkpoint is written into `.tmp-checkpoint-<step>`, completed with a marker file (`condiff_complete.json`, written
-last, listing every file and its size), then renamed to `checkpoint-<step>`. A folder is *complete* when the marker
-parses, names the folder's own step and every listed file has the recorded size; only complete checkpoints are
-resumed from or counted by `--checkpoints_total_limit`. Accelerate's `save_state` writes straight into the folder it
+last, listing every file with its size and SHA-256), then renamed to `checkpoint-<step>`. A folder is *complete* when
+the marker parses, names the folder's own step and every listed file has the recorded size; only complete checkpoints
+are resumed from or counted by `--checkpoints_total_limit`. Before a resume (and before a checkpoint is named as the
+last good one) the contents are verified too: a file whose bytes changed (zeroed, a flipped bit) makes the checkpoint
+*corrupt*, and `latest` falls back to the previous one. Accelerate's `save_state` writes straight into the folder it
 is given and has no notion of a finished checkpoint, hence the temporary name, the marker and the rename here.
 
 Folder contents: `model.safetensors`, `optimizer.bin`, `scheduler.bin`, `random_states_<rank>.pkl` (Accelerate;
@@ -13,6 +15,7 @@ EMA object and load it back with `weights_only=False`, so condiff stores the EMA
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -67,8 +70,17 @@ def read_marker(path: str | Path) -> dict:
     return info
 
 
-def checkpoint_problem(path: str | Path) -> str | None:
-    """Why `path` is not a complete, intact checkpoint, or None when it is."""
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_problem(path: str | Path, verify_contents: bool = False) -> str | None:
+    """Why `path` is not a complete, intact checkpoint, or None when it is; `verify_contents` also compares every
+    file's SHA-256 with the one recorded when it was written (markers of older versions record none)."""
     path = Path(path)
     try:
         info = read_marker(path)
@@ -86,12 +98,15 @@ def checkpoint_problem(path: str | Path) -> str | None:
             problem = safetensors_problem(file)
             if problem:
                 return problem
+        recorded = info.get("sha256", {}).get(name) if verify_contents else None
+        if recorded is not None and file_sha256(file) != recorded:
+            return f"{file} does not hold the bytes that were written (SHA-256 differs: corrupt)"
     return None
 
 
-def complete_checkpoints(output_dir: str | Path) -> list[Path]:
+def complete_checkpoints(output_dir: str | Path, verify_contents: bool = False) -> list[Path]:
     """Complete, intact checkpoint folders, oldest step first."""
-    return [p for p in list_checkpoints(output_dir) if checkpoint_problem(p) is None]
+    return [p for p in list_checkpoints(output_dir) if checkpoint_problem(p, verify_contents) is None]
 
 
 def resume_candidates(output_dir: str | Path, resume_from_checkpoint: str | None) -> list[Path]:
@@ -105,7 +120,7 @@ def resume_candidates(output_dir: str | Path, resume_from_checkpoint: str | None
     if resume_from_checkpoint == "latest":
         good = []
         for path in reversed(list_checkpoints(output_dir)):
-            problem = checkpoint_problem(path)
+            problem = checkpoint_problem(path, verify_contents=True)
             if problem is None:
                 good.append(path)
             else:
@@ -116,7 +131,7 @@ def resume_candidates(output_dir: str | Path, resume_from_checkpoint: str | None
         path = Path(output_dir) / path
     if not path.is_dir():
         raise ValueError(f"--resume_from_checkpoint {resume_from_checkpoint!r} is not 'latest' or a checkpoint folder")
-    problem = checkpoint_problem(path)
+    problem = checkpoint_problem(path, verify_contents=True)
     if problem:
         raise ValueError(f"--resume_from_checkpoint {resume_from_checkpoint!r} cannot be used: {problem}")
     return [path]
@@ -128,8 +143,8 @@ def resolve_resume_path(output_dir: str | Path, resume_from_checkpoint: str | No
     return found[0] if found else None
 
 
-def newest_complete_checkpoint(output_dir: str | Path) -> Path | None:
-    found = complete_checkpoints(output_dir)
+def newest_complete_checkpoint(output_dir: str | Path, verify_contents: bool = False) -> Path | None:
+    found = complete_checkpoints(output_dir, verify_contents)
     return found[-1] if found else None
 
 
@@ -139,11 +154,13 @@ def newest_complete_checkpoint(output_dir: str | Path) -> Path | None:
 def write_marker(folder: str | Path, info: dict) -> dict:
     """Write the completion marker (file sizes + `info`) into `folder`, after flushing every file to disk."""
     folder = Path(folder)
-    files = {}
+    files, sha256 = {}, {}
     for file in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MARKER):
         fsync_path(file)
-        files[file.relative_to(folder).as_posix()] = file.stat().st_size
-    record = {"format": FORMAT_VERSION, **info, "files": files, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        name = file.relative_to(folder).as_posix()
+        files[name], sha256[name] = file.stat().st_size, file_sha256(file)
+    when = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    record = {"format": FORMAT_VERSION, **info, "files": files, "sha256": sha256, "written_at": when}
     atomic_write_text(folder / MARKER, json.dumps(record, indent=2))
     fsync_path(folder)
     return record

@@ -9,6 +9,7 @@ from accelerate.logging import get_logger
 from condiff.engine.checkpoints import (
     EMA_FILE,
     CheckpointError,
+    list_checkpoints,
     load_ema,
     load_tracked,
     read_marker,
@@ -24,7 +25,14 @@ def resume(trainer) -> Path | None:
     acc, args = trainer.accelerator, trainer.args
     candidates = resume_candidates(trainer.output_dir, args.resume_from_checkpoint)
     if args.resume_from_checkpoint and not candidates:
-        acc.print("No complete checkpoint found to resume from; starting a new run.")
+        present = list_checkpoints(trainer.output_dir)
+        if present:  # the README's promise: an error, never a silent restart over them
+            raise CheckpointError(
+                f"--resume_from_checkpoint latest: none of the checkpoints in {trainer.output_dir} "
+                f"({', '.join(p.name for p in present)}) is complete and intact (see the warnings above); nothing "
+                "was changed. Move them away, or pass --overwrite_output_dir, to start a new run."
+            )
+        acc.print(f"No checkpoint in {trainer.output_dir} yet; starting a new run.")
     for path in candidates:
         error = None
         try:

@@ -234,7 +234,7 @@ class Trainer:
     def _non_finite(self, what: str, value: torch.Tensor) -> None:
         self.window_bad = True
         if not self.args.skip_nonfinite:
-            kept = newest_complete_checkpoint(self.output_dir)
+            kept = newest_complete_checkpoint(self.output_dir, verify_contents=True)
             local = value.detach().float().item()
             where = f"{local}" if not math.isfinite(local) else "not finite on another process"
             raise NonFiniteLossError(
