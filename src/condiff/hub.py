@@ -77,7 +77,7 @@ def pipeline_code(pipeline_file: str) -> dict[str, str]:
 
 
 PIPELINE_CODE = pipeline_code("class_conditional.py")
-UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/**", "logs/**", ".write-test-*", "samples/step-*"]
+UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/**", "logs/**", ".write-test-*", "samples/step-*", ".condiff-run.lock"]
 
 
 class HubUploadError(RuntimeError):

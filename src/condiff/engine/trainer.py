@@ -39,6 +39,7 @@ from condiff.engine.ema import make_ema
 from condiff.engine.export import log_validation, push_outputs, save_outputs
 from condiff.engine.output_dir import check_output_dir, clear_earlier_run
 from condiff.engine.resume import resume
+from condiff.engine.run_lock import RunLock, exit_with_launcher
 from condiff.engine.signals import StopRequest, TrainingInterrupted
 from condiff.engine.task import Modules, Task
 
@@ -76,6 +77,11 @@ class Trainer:
         check_engine_args(self.args)
         self.task.check_args()
         check_output_dir(self.args)  # after the flags, before any data, model or write
+        exit_with_launcher()
+        with RunLock(self.output_dir):
+            return self._fit()
+
+    def _fit(self) -> Path:
         threads = cpu_threads_for(self.args.num_threads)
         if threads:
             torch.set_num_threads(threads)
