@@ -77,7 +77,7 @@ def test_help_shows_defaults_and_defines_num_images(capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "(default: the model's own, 3.5 for the shipped model" in text
+    assert "(default: the model's own, 2.5 for the shipped model" in text
     assert "(default: 16)" in text and "(default: 2)" in text
     assert "images PER LABEL: --label 0,1 --num-images 3 writes 6 images" in text
     assert "(default: None)" not in text and "(default: False)" not in text

@@ -78,7 +78,7 @@ def test_the_shipped_guide_autoguides_and_the_cli_flag_reaches_it(tmp_path):
     pipe.set_progress_bar_config(disable=True)
     assert sum(p.numel() for p in pipe.guide_unet.parameters()) < sum(p.numel() for p in pipe.unet.parameters()) / 3
     out = pipe(label=[7] * 8, guidance="autoguidance", guidance_scale=1.5, guidance_interval=(0, 1),
-               generator=torch.Generator().manual_seed(0), output_type="pt")  # fmt: skip
+               num_inference_steps=10, generator=torch.Generator().manual_seed(0), output_type="pt")  # fmt: skip
     assert out.nfe_per_image == 20  # 10 DPM-Solver++ steps x (model + guide)
     _, logits = classifier_features_and_logits(default_classifier(), out.images * 2 - 1)
     assert (logits.argmax(1) == 7).sum() >= 7
@@ -88,3 +88,27 @@ def test_the_shipped_guide_autoguides_and_the_cli_flag_reaches_it(tmp_path):
     pipe.register_modules(guide_unet=None)
     with pytest.raises(ValueError, match="guide_unet"):
         pipe(label=7, guidance="autoguidance")
+
+
+def test_the_shipped_default_is_gated_cfg_on_its_interval():
+    """The default path (issue 20): gated CFG w = 2.5 on (0.45, 0.75), 14 DPM-Solver++ steps, both branches on the 4
+    interval steps (18 rows per image); the gate guides only part of the batch, so the result lies strictly between
+    the conditional model's and plain CFG's."""
+    pipe = ClassConditionalDDPMPipeline.from_pretrained(shipped_model_path())
+    pipe.set_progress_bar_config(disable=True)
+
+    def sample(**kwargs):
+        return pipe(label=list(range(10)) * 2, generator=torch.Generator().manual_seed(0), output_type="pt", **kwargs)
+
+    default = sample()
+    assert default.nfe_per_image == 18 and pipe.config.default_guidance == "gated_cfg"
+    explicit = sample(guidance="gated_cfg", guidance_scale=2.5, guidance_interval=(0.45, 0.75), num_inference_steps=14)
+    cfg = sample(guidance="cfg")
+    conditional = sample(guidance_scale=1.0)
+    assert torch.equal(default.images, explicit.images)
+    per_image = [
+        (torch.equal(a, c), torch.equal(a, b)) for a, b, c in zip(default.images, cfg.images, conditional.images)
+    ]
+    assert not all(same_as_cfg for _, same_as_cfg in per_image) and not all(same for same, _ in per_image)
+    _, logits = classifier_features_and_logits(default_classifier(), default.images * 2 - 1)
+    assert (logits.argmax(1) == torch.arange(10).repeat(2)).sum() >= 19

@@ -248,7 +248,7 @@ def add_model_arguments(s: argparse.ArgumentParser) -> None:
     )
     s.add_argument("--scheduler", choices=sorted(SAMPLERS), default=None, help="sampler (default: the model's own)")
     s.add_argument(
-        "--steps", type=int_in(1, 10_000), default=None, help="inference steps (default: the model's own, 10 shipped)"
+        "--steps", type=int_in(1, 10_000), default=None, help="inference steps (default: the model's own, 14 shipped)"
     )
     s.add_argument(
         "--guidance",
@@ -263,7 +263,7 @@ def add_model_arguments(s: argparse.ArgumentParser) -> None:
         type=float_in(0.0),
         default=None,
         help="guidance scale w: CFG 0 unconditional, 1 conditional, > 1 guided; autoguidance 1 = the model alone "
-        "(default: the model's own, 3.5 for the shipped model; for classifier-guided only with a class-conditional "
+        "(default: the model's own, 2.5 for the shipped model; for classifier-guided only with a class-conditional "
         "UNet)",
     )
     s.add_argument(

@@ -2,9 +2,11 @@
 class-conditional model (with its `guide_unet`), same seeds for every point; each method's best FD at a target accuracy.
 
 Methods: CFG (every step and on an interval), autoguidance (every step and on an interval), autoguidance with CFG on
-top, diffusers' APG and CFG-Zero* guiders (every step and on the interval's steps), and classifier guidance on top of
-CFG (a noise-aware classifier of the same schedule; every step and on the interval). Points already measured (same
-method and scale) are read back from the JSON-lines file, so an interrupted run resumes.
+top, diffusers' APG and CFG-Zero* guiders (every step and on the interval's steps), gated CFG (condiff's: CFG only for
+the images whose condition still pulls hard, 14 steps, with plain CFG on its interval at 14 steps beside it), and
+classifier guidance on top of CFG (a noise-aware classifier of the same schedule; every step and on the interval).
+Points already measured (same method and scale) are read back from the JSON-lines file, so an interrupted run
+resumes.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 from condiff.evaluation.reports import markdown_table, pyplot, save_figure
 
+GATED_INTERVAL = (0.45, 0.75)
 SCORE_KEYS = ("accuracy", "frechet_distance", "floor_matched", "fd_ratio_matched", "nfe_per_image", "images_per_second")
 
 
@@ -63,6 +66,10 @@ def default_methods(
     every = (0.0, 1.0)
     start, stop = window
 
+    def gated(w: float) -> dict:  # the model's gate curve; threshold k = 1 (benchmarks/gated_cfg.py)
+        return {"guidance": "gated_cfg", "guidance_scale": w, "guidance_interval": GATED_INTERVAL,
+                "num_inference_steps": 14}  # fmt: skip
+
     def cfg(window: tuple) -> Callable[[float], dict]:
         return lambda w: {"guidance": "cfg", "guidance_scale": w, "guidance_interval": window}
 
@@ -94,6 +101,12 @@ def default_methods(
             f"CFG-Zero* on {interval}",
             [3.5, 5.0],
             diffusers_guider("ClassifierFreeZeroStarGuidance", start=start, stop=stop),
+        ),  # fmt: skip
+        Method(f"gated CFG on {GATED_INTERVAL}, k 1, 14 steps", [2.0, 2.5, 3.0], gated),
+        Method(
+            f"CFG on {GATED_INTERVAL}, 14 steps",
+            [2.5, 3.5],
+            lambda w: {**cfg(GATED_INTERVAL)(w), "num_inference_steps": 14},
         ),  # fmt: skip
         Method(
             f"CG (score) + CFG 3.5, both on {interval}",
