@@ -302,3 +302,21 @@ def test_elapsed_budget_of_the_fast_paths():
     )
     assert result.returncode == 2 and "--out 'x.txt' must end in one of .png" in result.stderr
     assert time.perf_counter() - start < 5.0
+
+
+def test_guidance_interval_reaches_the_pipeline_and_bad_ones_are_refused(model_dir, tmp_path, capsys, monkeypatch):
+    from condiff.pipelines.class_conditional import ClassConditionalDDPMPipeline as Pipe
+
+    seen = []
+    real = Pipe.__call__
+    monkeypatch.setattr(
+        Pipe, "__call__", lambda self, **kw: seen.append(kw.get("guidance_interval")) or real(self, **kw)
+    )
+    base = ["generate", "--model", str(model_dir), "--label", "1", "--steps", "2", "--num-images", "1", "--quiet"]
+    code, stdout, err = run(base + ["--out", str(tmp_path / "a.png"), "--guidance-interval", "0.3", "0.6"], capsys)
+    assert code == 0, err
+    assert seen == [(0.3, 0.6)] and "guidance_interval=(0.3, 0.6)" in stdout
+    with pytest.raises(SystemExit) as exit_:
+        main(base + ["--out", str(tmp_path / "b.png"), "--guidance-interval", "0.5", "1.5"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--guidance-interval" in err and not (tmp_path / "b.png").exists()

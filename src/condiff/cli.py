@@ -106,8 +106,10 @@ def guidance_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         if given:
             raise ValueError(f"{given[0]} needs --pipeline classifier-guided")
         kwargs = {} if args.guidance_scale is None else {"guidance_scale": args.guidance_scale}
+        kwargs |= {} if args.guidance_interval is None else {"guidance_interval": tuple(args.guidance_interval)}
         return kwargs | ({} if args.guidance is None else {"guidance": args.guidance})
     kwargs = {"guidance_scale": args.guidance_scale, "guidance_method": args.guidance_method}
+    kwargs |= {} if args.guidance_interval is None else {"guidance_interval": tuple(args.guidance_interval)}
     kwargs |= {} if args.guidance is None else {"guidance": args.guidance}
     return kwargs | ({} if args.classifier_scale is None else {"classifier_scale": args.classifier_scale})
 
@@ -257,6 +259,15 @@ def add_model_arguments(s: argparse.ArgumentParser) -> None:
         help="cfg (classifier-free guidance), autoguidance (the model guided by its smaller guide_unet; Karras et "
         "al. 2024) or gated_cfg (CFG only for the images whose condition still pulls hard; needs the model's gate "
         "curve); default: the model's own",
+    )
+    s.add_argument(
+        "--guidance-interval",
+        nargs=2,
+        type=float_in(0.0, 1.0),
+        default=None,
+        metavar=("LO", "HI"),
+        help="fractions of the noise range where guidance applies, e.g. 0.3 0.6 (default: the model's own; 0.45 0.75 "
+        "for the shipped model)",
     )
     s.add_argument(
         "--guidance-scale",
