@@ -41,8 +41,10 @@ def test_a_holder_that_died_blocks_nothing(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+    assert (out / LOCK_FILE).exists()  # a killed holder leaves its file, unlocked
     with RunLock(out, rank=0):  # SIGKILL released it
         assert (out / LOCK_FILE).exists()
+    assert not (out / LOCK_FILE).exists()  # a run that ends removes it
 
 
 def alive(pid: int) -> bool:

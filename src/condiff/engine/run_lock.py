@@ -3,7 +3,8 @@
 `RunLock` holds an advisory lock (`fcntl.flock`) on `<output_dir>/.condiff-run.lock` for the length of a run, taken
 by the main process (rank 0) after the flags and the folder are checked and before anything is written; a second run
 into the same folder is refused with a message naming the holder (pid, host, start, command). The kernel releases
-the lock when the holder dies, however it dies, so a crashed run never blocks the next one; the file itself stays.
+the lock when the holder dies, however it dies, so a crashed run never blocks the next one (its file stays, unlocked);
+a run that ends removes the file while still holding the lock, and a run that locked a file since removed tries again.
 Nothing in Accelerate or the standard library does this for a folder, hence it is written here.
 
 `exit_with_launcher` makes a torchrun worker receive SIGTERM when its launcher dies (Linux `PR_SET_PDEATHSIG`):
@@ -44,16 +45,23 @@ class RunLock:
         import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 4096).decode("utf-8", "replace").strip()
-            os.close(fd)
-            raise OutputDirInUse(
-                f"--output_dir {str(self.path.parent)!r} is in use by another training run ({describe(holder)}); two "
-                "runs must not write one folder: wait for it to finish, stop it, or choose another --output_dir"
-            ) from None
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 4096).decode("utf-8", "replace").strip()
+                os.close(fd)
+                raise OutputDirInUse(
+                    f"--output_dir {str(self.path.parent)!r} is in use by another training run ({describe(holder)}); "
+                    "two runs must not write one folder: wait for it to finish, stop it, or choose another --output_dir"
+                ) from None
+            try:
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    break  # the file we locked is still the folder's lock file
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # its holder removed it as we locked it: lock the new one
         os.ftruncate(fd, 0)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "command": " ".join(sys.argv)[:500]}  # fmt: skip
@@ -63,6 +71,10 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         if self.fd is not None:
+            try:
+                self.path.unlink()  # while still locked: no other run can hold this file meanwhile
+            except FileNotFoundError:
+                pass
             os.close(self.fd)  # releases the lock
             self.fd = None
 

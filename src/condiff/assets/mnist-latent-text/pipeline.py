@@ -15,6 +15,7 @@ from .guiders import __name__ as _guiders  # noqa: F401
 from .labels import __name__ as _labels  # noqa: F401
 from .latent_cfg import LatentCFGPipeline as Pipeline  # noqa: F401
 from .locking import __name__ as _locking  # noqa: F401
+from .networks import __name__ as _networks  # noqa: F401
 from .outputs import __name__ as _outputs  # noqa: F401
 from .prompts import __name__ as _prompts  # noqa: F401
 from .saved_folder import __name__ as _saved_folder  # noqa: F401
