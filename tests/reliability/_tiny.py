@@ -131,3 +131,15 @@ class Spawned:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+
+
+def running_torchrun(out: Path, tmp_path: Path) -> tuple[Spawned, list[int]]:
+    """A 2-process torchrun of the tiny model writing checkpoints every 3 steps into `out` for a long time, once its
+    first checkpoint is complete: (the launcher, its two workers' pids)."""
+    steps = ["--train_batch_size", "4", "--max_train_steps", "5000", "--checkpointing_steps", "3"]
+    proc = Spawned(torchrun_command(2, out, *steps), tmp_path, "torchrun")
+    wait_for(lambda: (out / "checkpoint-3" / "condiff_complete.json").exists(), 240, proc)
+    pid = proc.proc.pid
+    workers = [int(w) for w in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    assert len(workers) == 2
+    return proc, workers

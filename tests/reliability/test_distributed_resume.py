@@ -10,10 +10,9 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import torch
-from _tiny import Spawned, run, tiny_args, torchrun_command, train, wait_for
+from _tiny import run, running_torchrun, tiny_args, torchrun_command, train
 
 from condiff.engine.checkpoints import MARKER, checkpoint_problem, complete_checkpoints
 
@@ -74,14 +73,8 @@ def test_sigterm_to_one_rank_stops_both_at_the_same_step_with_one_checkpoint(tmp
     """SIGTERM reaches only rank 1 (as when a scheduler signals one task): the flag is agreed on by all ranks, so
     both save the same checkpoint together and exit 0."""
     out = tmp_path / "run"
-    cmd = torchrun_command(2, out, *STEPS, "--max_train_steps", "5000", "--checkpointing_steps", "3")
-    proc = Spawned(cmd, tmp_path, "torchrun")
-    workers: list[int] = []
+    proc, workers = running_torchrun(out, tmp_path)
     try:
-        wait_for(lambda: (out / "checkpoint-3" / MARKER).exists(), 240, proc)
-        pid = proc.proc.pid
-        workers = [int(w) for w in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-        assert len(workers) == 2
         os.kill(workers[-1], signal.SIGTERM)
         returncode = proc.wait(timeout=90)
     except subprocess.TimeoutExpired:

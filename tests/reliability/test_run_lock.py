@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from _tiny import Spawned, tiny_args, torchrun_command, train, wait_for
+from _tiny import running_torchrun, tiny_args, train
 
-from condiff.engine.checkpoints import MARKER, complete_checkpoints
+from condiff.engine.checkpoints import complete_checkpoints
 from condiff.engine.run_lock import LOCK_FILE, OutputDirInUse, RunLock
 
 SHORT = ["--max_train_steps", "2"]
@@ -56,16 +56,9 @@ def alive(pid: int) -> bool:
 
 def test_torchrun_workers_stop_when_their_launcher_is_killed(tmp_path):
     out = tmp_path / "run"
-    steps = ["--train_batch_size", "4", "--max_train_steps", "5000", "--checkpointing_steps", "3"]
-    command = torchrun_command(2, out, *steps)
-    proc = Spawned(command, tmp_path, "torchrun")
-    workers: list[int] = []
+    proc, workers = running_torchrun(out, tmp_path)
     try:
-        wait_for(lambda: (out / "checkpoint-3" / MARKER).exists(), 240, proc)
-        pid = proc.proc.pid
-        workers = [int(w) for w in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-        assert len(workers) == 2
-        os.kill(pid, signal.SIGKILL)  # the launcher alone (its workers run in their own sessions)
+        os.kill(proc.proc.pid, signal.SIGKILL)  # the launcher alone (its workers run in their own sessions)
         deadline = time.monotonic() + 120
         while any(alive(w) for w in workers) and time.monotonic() < deadline:
             time.sleep(0.2)
