@@ -104,7 +104,9 @@ class ClassifierGuidedPipeline(CondiffPipeline):
             if classifier is None:
                 classifier = load_saved_classifier(pretrained_model_name_or_path, kwargs)
             # diffusers would import the saved classifier's library to type-check a passed one: load without it.
-            pipe = super().from_pretrained(pretrained_model_name_or_path, classifier=None, **kwargs)
+            pipe = super().from_pretrained(
+                pretrained_model_name_or_path, classifier=None, _folder_checked=True, **kwargs
+            )
         if classifier is not None:
             pipe.register_modules(classifier=classifier)
             pipe.check_components()

@@ -52,7 +52,8 @@ class CondiffPipeline(DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
         """diffusers' `from_pretrained`; weights load as diffusers loads them: safetensors first, a `.bin` through
         torch's weights-only unpickler (`UnsafeWeightsError` if it holds more)."""
-        check_saved_folder(pretrained_model_name_or_path, cls)
+        if not kwargs.pop("_folder_checked", False):  # a subclass that checked it before loading more
+            check_saved_folder(pretrained_model_name_or_path, cls)
         with refusing_unsafe_pickles():
             pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         pipe._after_loading(kwargs)
@@ -160,7 +161,8 @@ class CondiffPipeline(DiffusionPipeline):
                 "gated_cfg_curve=...) and save the pipeline"
             )
         threshold = self.config.get("gated_cfg_threshold")
-        return GatedClassifierFreeGuidance(interval, tuple(map(tuple, curve)), 1.2 if threshold is None else threshold)
+        given = {} if threshold is None else {"threshold": float(threshold)}  # else the class's default
+        return GatedClassifierFreeGuidance(interval, tuple(map(tuple, curve)), **given)
 
     # ------------------------------------------------------------------------------------------------------ loop
     def _predict(self, network: Any, sample: torch.Tensor, condition: Any, t: Any, scale: float | None) -> torch.Tensor:
