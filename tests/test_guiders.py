@@ -10,7 +10,7 @@ from conftest import tiny_pipeline, tiny_unet
 from diffusers import DDIMScheduler
 
 from condiff import ClassConditionalDDPMPipeline
-from condiff.hub import pipeline_code
+from condiff.hub import PIPELINE_CLASSES, pipeline_code
 
 
 def step_at(t: int, scale: float, scheduler=None) -> Step:
@@ -194,7 +194,7 @@ def test_cfg_scale_default_is_one_rule_across_pipelines():
     assert pipe.default_guidance_scale == 2.0  # clamped into a trained range
 
 
-@pytest.mark.parametrize("pipeline_file", ["class_conditional.py", "classifier_guided.py", "latent_cfg.py"])
+@pytest.mark.parametrize("pipeline_file", sorted(PIPELINE_CLASSES))
 def test_each_pipeline_file_imports_every_module_it_needs_itself(pipeline_file):
     """diffusers copies only the files a local custom-pipeline file imports directly, not their imports."""
     from pathlib import Path

@@ -87,3 +87,11 @@ def check_output_file(path: str | Path, flag: str, suffixes: Iterable[str] = (),
         raise ValueError(f"{flag} {str(path)!r} already exists; pass --overwrite to replace it")
     check_writable_dir(parent, f"{flag} {str(path)!r}: folder", create=False)
     return path
+
+
+def existing_file(text: str) -> str:
+    """An argparse type: a path to a readable file (refused at parse time otherwise)."""
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text!r}")
+    return text

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from condiff import __version__
-from condiff.argtypes import check_output_file, float_in, int_in
+from condiff.argtypes import check_output_file, existing_file, float_in, int_in
 from condiff.evaluation.cli_args import add_sweep_arguments
 from condiff.loading import folder_pipeline, label_space
-from condiff.options import EXTRAS, IMAGE_SUFFIXES, PIPELINE_MODULES, PIPELINES, SAMPLERS
+from condiff.options import EXTRAS, IMAGE_SUFFIXES, PIPELINE_MODULES, PIPELINES, SAMPLERS, SPATIAL_PIPELINES
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -94,8 +94,27 @@ def resolve_pipeline(args: argparse.Namespace) -> str:
             raise ValueError('a text-to-image model (--pipeline latent) needs --prompt, e.g. --prompt "a thick seven"')
     elif prompt or negative:
         raise ValueError(f"--prompt and --negative-prompt need --pipeline latent, not {pipeline}")
+    check_spatial_arguments(args, pipeline)
     args.pipeline = pipeline
     return pipeline
+
+
+def check_spatial_arguments(args: argparse.Namespace, pipeline: str) -> None:
+    """--image and --noise-level belong to the spatial pipelines, which only `generate` runs (and needs --image)."""
+    image, level = getattr(args, "image", None), getattr(args, "noise_level", None)
+    if pipeline not in SPATIAL_PIPELINES:
+        if image is not None or level is not None:
+            raise ValueError(f"--image and --noise-level need --pipeline super-resolution or layout, not {pipeline}")
+        return
+    if args.command != "generate":
+        raise ValueError(
+            f"condiff {args.command} measures class-conditional generation; for --pipeline {pipeline} run "
+            "`python benchmarks/spatial_conditioning.py`"
+        )
+    if image is None:
+        raise ValueError(f"--pipeline {pipeline} needs --image FILE (a low-resolution image, or a layout map)")
+    if level is not None and pipeline != "super-resolution":
+        raise ValueError("--noise-level needs --pipeline super-resolution")
 
 
 def guidance_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -173,7 +192,12 @@ def generate(args: argparse.Namespace) -> Path:
     pipe.set_progress_bar_config(disable=args.quiet)
     kwargs = {} if args.steps is None else {"num_inference_steps": args.steps}
     generator = torch.Generator().manual_seed(args.seed)
-    if args.pipeline == "latent":
+    if args.pipeline in SPATIAL_PIPELINES:
+        label, num_labels = parse_label(args.label), 1
+        kwargs |= {} if args.noise_level is None else {"noise_level": args.noise_level}
+        kwargs |= {"image": read_condition_image(args.image, args.pipeline), "label": label}
+        images = pipe(num_images_per_prompt=args.num_images, generator=generator, **guidance, **kwargs).images
+    elif args.pipeline == "latent":
         label, num_labels = args.prompt, len(args.prompt)
         kwargs |= {"prompt": args.prompt, "negative_prompt": args.negative_prompt}
         images = pipe(num_images_per_prompt=args.num_images, generator=generator, **guidance, **kwargs).images
@@ -191,6 +215,20 @@ def generate(args: argparse.Namespace) -> Path:
     counts = f"{len(images)} images: {args.num_images} per label x {num_labels} label(s)"
     print(f"wrote {out} ({counts}, label={label}{settings})")
     return out
+
+
+def read_condition_image(path: str, pipeline: str) -> Any:
+    """--image: an image file (a layout map as a grayscale PNG whose values are the category ids) or, for a layout,
+    a .npy integer array."""
+    from PIL import Image
+
+    if pipeline == "layout" and path.lower().endswith(".npy"):
+        import numpy as np
+
+        return np.load(path, allow_pickle=False)
+    with Image.open(path) as image:
+        image.load()
+    return image if pipeline == "layout" else image.convert("L")
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
@@ -242,8 +280,9 @@ def add_model_arguments(s: argparse.ArgumentParser) -> None:
         "--pipeline",
         choices=PIPELINES,
         default=None,
-        help="class-conditional (CFG), classifier-guided (an unconditional model steered by a classifier) or latent "
-        "(text-to-image latent diffusion); default: latent with --prompt, else class-conditional",
+        help="class-conditional (CFG), classifier-guided (an unconditional model steered by a classifier), latent "
+        "(text-to-image latent diffusion), super-resolution or layout (generate only, from --image); default: latent "
+        "with --prompt, else class-conditional",
     )
     s.add_argument(
         "--model", default=None, help="saved pipeline folder or Hub id (default: the shipped MNIST model of --pipeline)"
@@ -316,6 +355,19 @@ def build_parser() -> argparse.ArgumentParser:
         help='text prompt(s) for --pipeline latent, one grid row per prompt: --prompt "a thick seven" "a thin 1"',
     )
     g.add_argument("--negative-prompt", default=None, help="negative prompt (--pipeline latent)")
+    g.add_argument(
+        "--image",
+        type=existing_file,
+        default=None,
+        help="--pipeline super-resolution: the low-resolution image; --pipeline layout: the layout map (a grayscale "
+        "PNG or .npy array of category ids, background = the number of classes)",
+    )
+    g.add_argument(
+        "--noise-level",
+        type=int_in(0, 999),
+        default=None,
+        help="--pipeline super-resolution: augmentation level of the input (default: the model's own, 0)",
+    )
     g.add_argument(
         "--num-images",
         type=int_in(1, 16384),  # condiff.pipelines.checks.MAX_IMAGES_PER_CALL

@@ -42,13 +42,20 @@ def noisy_batch(
 
 
 def denoising_loss(
-    unet, scheduler, clean: torch.Tensor, generator: torch.Generator | None = None, **model_kwargs
+    unet,
+    scheduler,
+    clean: torch.Tensor,
+    generator: torch.Generator | None = None,
+    concat: torch.Tensor | None = None,
+    **model_kwargs,
 ) -> torch.Tensor:
     """Ho et al.'s simple loss E ||target - model(x_t, t, **model_kwargs)||^2 on one batch (a differentiable tensor).
 
     The target follows the scheduler's prediction type (epsilon, v_prediction or sample). Noise and timesteps come
-    from `generator`, in that order; the loss is computed in float32 whatever the autocast dtype.
+    from `generator`, in that order; the loss is computed in float32 whatever the autocast dtype. `concat`: a spatial
+    condition concatenated to x_t on the channel axis (the model's input; the target keeps x_0's channels).
     """
     noisy, noise, timesteps = noisy_batch(scheduler, clean, generator)
-    pred = unet(noisy, timesteps, **model_kwargs).sample
+    model_input = noisy if concat is None else torch.cat([noisy, concat.to(noisy.dtype)], dim=1)
+    pred = unet(model_input, timesteps, **model_kwargs).sample
     return F.mse_loss(pred.float(), diffusion_target(scheduler, clean, noise, timesteps).float())

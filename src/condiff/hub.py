@@ -18,6 +18,8 @@ PIPELINE_CLASSES = {
     "class_conditional.py": "ClassConditionalDDPMPipeline",
     "classifier_guided.py": "ClassifierGuidedPipeline",
     "latent_cfg.py": "LatentCFGPipeline",
+    "super_resolution.py": "SuperResolutionPipeline",
+    "semantic_layout.py": "SemanticLayoutPipeline",
 }
 # diffusers' own pattern for the relative imports whose files it copies into its module cache
 _RELATIVE_IMPORT = re.compile(r"^\s*from\s+\.(\S+)\s+import", flags=re.MULTILINE)

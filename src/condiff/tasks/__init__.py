@@ -14,4 +14,5 @@ TASKS = {
     "guidance_distillation": "condiff.tasks.distillation:GuidanceDistillationTask",
     "consistency_distillation": "condiff.tasks.distillation:ConsistencyDistillationTask",
     "progressive_distillation": "condiff.tasks.distillation:ProgressiveDistillationTask",
+    "spatial": "condiff.tasks.spatial:SpatialConditionTask",
 }

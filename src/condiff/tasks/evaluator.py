@@ -32,6 +32,23 @@ class EvaluatorTask(Task):
     def add_arguments(cls, p) -> None:
         g = p.add_argument_group("evaluator")
         g.add_argument("--no_augment", action="store_true", help="disable the random-affine augmentation")
+        g.add_argument(
+            "--input_resolution", type=int, default=None,
+            help="see only this resolution: images area-downsampled to it and bicubic-upsampled back (train and test); "
+            "the information limit of super-resolution from that size",
+        )  # fmt: skip
+
+    def check_args(self) -> None:
+        from condiff.engine.args import require_int
+
+        require_int("input_resolution", self.args.input_resolution, 1, 28, allow_none=True)
+
+    def seen(self, images):
+        """What the classifier sees of [-1, 1] 28x28 images: all of them, or their `--input_resolution` version."""
+        from condiff.pipelines.spatial_conditions import downsample_area, upsample_bicubic
+
+        size = self.args.input_resolution
+        return images if size is None else upsample_bicubic(downsample_area(images, size), images.shape[-2:])
 
     def dataset(self):
         import torch
@@ -60,6 +77,7 @@ class EvaluatorTask(Task):
         from condiff.evaluator import random_affine
 
         images = batch["images"] if self.args.no_augment else random_affine(batch["images"], generator=generator)
+        images = self.seen(images)
         return F.cross_entropy(modules.classifier(images), batch["labels"]), {}
 
     def test_accuracy(self, modules: Modules) -> float:
@@ -67,7 +85,7 @@ class EvaluatorTask(Task):
         from condiff.evaluator import classifier_accuracy
 
         images, labels = load_mnist_arrays("test")
-        return classifier_accuracy(modules.classifier, uint8_to_model_tensor(images), labels)
+        return classifier_accuracy(modules.classifier, self.seen(uint8_to_model_tensor(images)), labels)
 
     def validate(self, modules: Modules, step: int, output_dir: Path) -> dict:
         return {"test_accuracy": self.test_accuracy(modules)}
@@ -80,6 +98,7 @@ class EvaluatorTask(Task):
             "test_samples": 1000,
             "num_parameters": sum(p.numel() for p in model.parameters()),
             "augment": not self.args.no_augment,
+            "input_resolution": self.args.input_resolution or 28,
         }
         (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         fields = {"test_accuracy": f"{metrics['test_accuracy']:.2%}", "num_parameters": metrics["num_parameters"]}

@@ -1,0 +1,169 @@
+"""SuperResolutionPipeline: a low-resolution image in, a sharp one out, by a diffusion model conditioned on the
+(noise-augmented, bicubic-upsampled) input concatenated to its own input at every step.
+
+Hub-loadable: this file and its siblings import only torch and diffusers (and the standard library), so
+`DiffusionPipeline.from_pretrained(folder, custom_pipeline=folder, trust_remote_code=True)` works without condiff.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import UNet2DConditionModel
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.schedulers import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+
+from .checks import resolve_num_images, short_repr, unet_sample_size
+from .denoising import CondiffPipeline, StepCallback
+from .locking import serialized_call
+from .outputs import CondiffPipelineOutput
+from .spatial import SpatialConditionPipeline, check_image_channels
+from .spatial_conditions import augment_low_resolution, noise_level_embedding, upsample_bicubic
+
+# isort: split
+# diffusers copies only the sibling files that a local custom-pipeline file imports itself (see class_conditional.py)
+from .callbacks import step_callback  # noqa: F401
+from .diffusers_guiders import DiffusersGuidance  # noqa: F401
+from .guidance import check_guidance_arguments  # noqa: F401
+from .guiders import Guidance  # noqa: F401
+from .labels import parse_labels  # noqa: F401
+from .networks import micro_batched  # noqa: F401
+from .saved_folder import check_saved_folder  # noqa: F401
+from .schedules import check_schedule  # noqa: F401
+from .weights import refusing_unsafe_pickles  # noqa: F401
+
+
+class SuperResolutionPipeline(SpatialConditionPipeline):
+    r"""Super-resolution by a diffusion model conditioned by concatenation (SR3; latent diffusion's super-resolution).
+
+    Parameters:
+        unet ([`UNet2DConditionModel`] without cross-attention): `in_channels` = image channels x 2 (x_t and the
+            upsampled input); with `time_cond_proj_dim` it takes the input's noise-augmentation level; with
+            `num_class_embeds` = K + 1 a class label too (class K: none).
+        scheduler ([`SchedulerMixin`]): any diffusers scheduler; its `alphas_cumprod` also define the augmentation.
+        max_noise_level (`int`): the largest augmentation level the model was trained on.
+        default_noise_level (`int`): the level of a call that gives none (0: the input is taken as clean).
+    """
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        scheduler: SchedulerMixin,
+        id2label: dict | None = None,
+        max_noise_level: int = 0,
+        default_noise_level: int = 0,
+        default_num_inference_steps: int = 20,
+        default_guidance_scale: float = 1.0,
+        default_guidance_interval: tuple | list = (0.0, 1.0),
+        micro_batch_size: int | None = None,
+    ):
+        super().__init__()
+        if unet.config.in_channels != 2 * unet.config.out_channels:
+            raise ValueError(
+                f"unet must take the image and its low-resolution condition: in_channels ({unet.config.in_channels}) "
+                f"= 2 x out_channels ({unet.config.out_channels})"
+            )
+        check_noise_level("max_noise_level", max_noise_level, scheduler.config.num_train_timesteps - 1)
+        check_noise_level("default_noise_level", default_noise_level, max_noise_level)
+        self._register_spatial(
+            unet, scheduler, id2label, default_num_inference_steps, default_guidance_scale, default_guidance_interval,
+            micro_batch_size, max_noise_level=int(max_noise_level), default_noise_level=int(default_noise_level),
+        )  # fmt: skip
+        self.image_processor = VaeImageProcessor(do_resize=False, do_normalize=True, do_convert_grayscale=True)
+
+    def prepare_low_resolution(self, image: Any, size: tuple[int, int] | None) -> torch.Tensor:
+        """`image` (PIL, numpy or a tensor in [0, 1], or a list) as an (N, C, h, w) tensor in [-1, 1], checked."""
+        if image is None:
+            raise ValueError("image is required: the low-resolution image(s) to upscale")
+        try:
+            low = self.image_processor.preprocess(image)
+        except (TypeError, ValueError, AttributeError) as error:
+            raise ValueError(f"image must be a PIL image, numpy array or tensor in [0, 1], or a list of them, got "
+                             f"{short_repr(image)} ({error})") from None  # fmt: skip
+        check_image_channels(low, self.unet.config.out_channels)
+        if size is not None and (low.shape[-2] > size[0] or low.shape[-1] > size[1]):
+            raise ValueError(f"image is {low.shape[-2]}x{low.shape[-1]}, larger than the output {size[0]}x{size[1]}")
+        return low.to(self._execution_device, torch.float32)
+
+    @serialized_call  # schedulers are stateful: concurrent calls on one pipeline take turns (locking.py)
+    @torch.inference_mode()
+    def __call__(  # long: the documented argument list; the work is in SpatialConditionPipeline
+        self,
+        image: Any = None,
+        label: Any = None,
+        noise_level: int | None = None,
+        num_images_per_prompt: int = 1,
+        height: int | None = None,
+        width: int | None = None,
+        guidance_scale: float | None = None,
+        num_inference_steps: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        guidance_rescale: float = 0.0,
+        guidance_interval: tuple[float, float] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: StepCallback | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        guidance: Any = None,
+    ) -> CondiffPipelineOutput | tuple:
+        r"""Upscale `image` to `height` x `width`.
+
+        Args:
+            image: the low-resolution image(s): PIL, numpy (H, W, C) / (N, H, W, C) or a tensor (N, C, H, W) in [0, 1]
+                as diffusers' image processors take them, or a list.
+            label: an optional class hint (id or name, one or one per image) for a UNet with a class embedding.
+            noise_level: augmentation level s of the input (0 to `max_noise_level`): larger levels let the model
+                repair inputs that are not clean downsamples, at some loss of fidelity. Default: the model's.
+            num_images_per_prompt: outputs per input image.
+            height, width: output size (multiples of the UNet's downsampling); default: the UNet's sample size.
+            guidance_scale: CFG w on the input (and label): 1 = the conditional model alone (one network evaluation
+                per step), 0 = unconditional. Default: the model's `default_guidance_scale`.
+            num_inference_steps, generator, latents, guidance_rescale, guidance_interval, output_type, return_dict,
+            callback_on_step_end, callback_on_step_end_tensor_inputs, guidance: as in `ClassConditionalDDPMPipeline`
+                (callbacks see "latents").
+
+        Examples:
+        ```py
+        >>> from condiff import SuperResolutionPipeline, shipped_model_path
+        >>> pipe = SuperResolutionPipeline.from_pretrained(shipped_model_path("super-resolution"))
+        >>> sharp = pipe(image=low_res_pil).images[0]  # 7x7 or 14x14 -> 28x28
+        ```
+        """
+        num_images = resolve_num_images(num_images_per_prompt, None, "num_images_per_prompt")
+        settings = self._call_settings(
+            num_inference_steps, guidance_scale, guidance_interval, guidance_rescale, output_type,
+            callback_on_step_end, callback_on_step_end_tensor_inputs)  # fmt: skip
+        size = self.output_size(height, width, unet_sample_size(self.unet.config))
+        low = self.prepare_low_resolution(image, size)
+        level = self.config.default_noise_level if noise_level is None else noise_level
+        check_noise_level("noise_level", level, self.config.max_noise_level)
+        labels = self.class_ids(label, low.shape[0])
+        levels = torch.full((low.shape[0],), int(level), device=low.device)
+        abar = getattr(self.scheduler, "alphas_cumprod", None)
+        if abar is None:
+            raise ValueError(f"scheduler {type(self.scheduler).__name__} has no alphas_cumprod for the augmentation")
+        noise = randn_tensor(low.shape, generator=_first(generator), device=low.device, dtype=low.dtype)
+        spatial = upsample_bicubic(augment_low_resolution(low, levels, abar, noise=noise), size)
+        proj = self.unet.config.time_cond_proj_dim
+        timestep_cond = None if proj is None else noise_level_embedding(levels, proj)
+        call = dict(guidance=guidance, guidance_scale=guidance_scale, guidance_interval=guidance_interval,
+                    guidance_rescale=guidance_rescale, generator=generator, latents=latents, output_type=output_type,
+                    return_dict=return_dict, callback_on_step_end=callback_on_step_end)  # fmt: skip
+        return self._generate(spatial.to(self.unet.dtype), labels, timestep_cond, num_images, settings, call)
+
+
+def check_noise_level(name: str, value: Any, maximum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        raise ValueError(f"{name} must be an integer in [0, {maximum}], got {short_repr(value)}")
+
+
+def _first(generator: Any) -> Any:
+    """The generator of the input's augmentation noise: the first of a list (one per output image)."""
+    return generator[0] if isinstance(generator, list) and generator else generator
+
+
+# diffusers' custom-pipeline loader accepts one DiffusionPipeline subclass per file: unbind the shared bases.
+del CondiffPipeline, SpatialConditionPipeline
