@@ -15,7 +15,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.schedulers import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from .checks import resolve_num_images, short_repr, unet_sample_size
+from .checks import MAX_IMAGES_PER_CALL, check_generators, resolve_num_images, short_repr, unet_sample_size
 from .denoising import CondiffPipeline, StepCallback
 from .locking import serialized_call
 from .outputs import CondiffPipelineOutput
@@ -141,28 +141,29 @@ class SuperResolutionPipeline(SpatialConditionPipeline):
         level = self.config.default_noise_level if noise_level is None else noise_level
         check_noise_level("noise_level", level, self.config.max_noise_level)
         labels = self.class_ids(label, low.shape[0])
-        levels = torch.full((low.shape[0],), int(level), device=low.device)
+        n = low.shape[0] * num_images
+        if n > MAX_IMAGES_PER_CALL:
+            raise ValueError(f"image x num_images_per_prompt = {n} images; at most {MAX_IMAGES_PER_CALL}")
+        check_generators(generator, n)
+        low = low.repeat_interleave(num_images, dim=0)  # each output's augmentation noise from its own generator
+        labels = None if labels is None else labels.repeat_interleave(num_images, dim=0)
+        levels = torch.full((n,), int(level), device=low.device)
         abar = getattr(self.scheduler, "alphas_cumprod", None)
         if abar is None:
             raise ValueError(f"scheduler {type(self.scheduler).__name__} has no alphas_cumprod for the augmentation")
-        noise = randn_tensor(low.shape, generator=_first(generator), device=low.device, dtype=low.dtype)
+        noise = randn_tensor(low.shape, generator=generator, device=low.device, dtype=low.dtype)
         spatial = upsample_bicubic(augment_low_resolution(low, levels, abar, noise=noise), size)
         proj = self.unet.config.time_cond_proj_dim
         timestep_cond = None if proj is None else noise_level_embedding(levels, proj)
         call = dict(guidance=guidance, guidance_scale=guidance_scale, guidance_interval=guidance_interval,
                     guidance_rescale=guidance_rescale, generator=generator, latents=latents, output_type=output_type,
                     return_dict=return_dict, callback_on_step_end=callback_on_step_end)  # fmt: skip
-        return self._generate(spatial.to(self.unet.dtype), labels, timestep_cond, num_images, settings, call)
+        return self._generate(spatial.to(self.unet.dtype), labels, timestep_cond, 1, settings, call)
 
 
 def check_noise_level(name: str, value: Any, maximum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
         raise ValueError(f"{name} must be an integer in [0, {maximum}], got {short_repr(value)}")
-
-
-def _first(generator: Any) -> Any:
-    """The generator of the input's augmentation noise: the first of a list (one per output image)."""
-    return generator[0] if isinstance(generator, list) and generator else generator
 
 
 # diffusers' custom-pipeline loader accepts one DiffusionPipeline subclass per file: unbind the shared bases.

@@ -216,3 +216,19 @@ def test_cli_generates_from_an_image_file_and_refuses_mismatched_flags(tmp_path,
         assert main(argv) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "a.png").exists()
+
+
+@pytest.mark.parametrize("make", [sr_pipe, layout_pipe])
+def test_an_image_of_a_batch_with_its_own_generator_equals_it_alone(make):
+    pipe = make()
+    if isinstance(pipe, SuperResolutionPipeline):
+        images = [torch.rand(1, 1, 4, 4), torch.rand(1, 1, 4, 4)]
+        batch = {"image": torch.cat(images), "noise_level": 10}
+        alone = [{"image": image, "noise_level": 10} for image in images]
+    else:
+        maps = [np.full((4, 4), K), np.zeros((4, 4), int)]
+        batch, alone = {"image": maps}, [{"image": m} for m in maps]
+    together = pipe(**batch, generator=[seeded(1), seeded(2)], guidance_scale=2.0, output_type="pt").images
+    for i, kwargs in enumerate(alone):
+        single = pipe(**kwargs, generator=seeded(i + 1), guidance_scale=2.0, output_type="pt").images
+        assert torch.allclose(together[i : i + 1], single, atol=1e-5)

@@ -65,3 +65,22 @@ def test_a_short_run_exports_a_pipeline_that_loads_with_and_without_condiff(tmp_
     assert here.shape == shape
     there, module = sample_without_condiff(out, tmp_path / "out.pt", call)
     assert "condiff" not in module and torch.allclose(there, here, atol=1e-5)
+
+
+def test_the_information_limit_classifier_sees_only_the_low_resolution_input(tmp_path):
+    from condiff.pipelines.spatial_conditions import downsample_area
+
+    cls, args, _ = parse(["evaluator", "--output_dir", str(tmp_path / "limit"), "--input_resolution", "7"])
+    task = cls(args)
+    task.check_args()
+    images = torch.rand(2, 1, 28, 28) * 2 - 1
+    seen = task.seen(images)
+    assert seen.shape == images.shape
+    other = images + (torch.rand_like(images) - 0.5) * 0.1
+    other = other - torch.nn.functional.interpolate(
+        downsample_area(other, 7) - downsample_area(images, 7), scale_factor=4
+    )
+    assert torch.allclose(task.seen(other), seen, atol=1e-5)  # same 7x7 content, same view
+    _, bad, _ = parse(["evaluator", "--output_dir", str(tmp_path / "x"), "--input_resolution", "40"])
+    with pytest.raises(ValueError, match="input_resolution"):
+        cls(bad).check_args()

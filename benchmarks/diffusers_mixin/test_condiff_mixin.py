@@ -1,4 +1,4 @@
-"""diffusers' own PipelineTesterMixin run against condiff's three pipelines (see README.md beside this file).
+"""diffusers' own PipelineTesterMixin run against condiff's pipelines (see README.md beside this file).
 
 Runs from inside a copy of diffusers' `tests/` tree (it imports diffusers' test modules relatively), against the
 installed condiff. Tiny components follow condiff's tests/conftest.py, tests/test_classifier_guided_pipeline.py and
@@ -14,12 +14,18 @@ from unittest import mock
 
 import diffusers.pipelines
 import torch
-from condiff.pipelines import ClassConditionalDDPMPipeline, ClassifierGuidedPipeline, LatentCFGPipeline
+from condiff.pipelines import (
+    ClassConditionalDDPMPipeline,
+    ClassifierGuidedPipeline,
+    LatentCFGPipeline,
+    SemanticLayoutPipeline,
+    SuperResolutionPipeline,
+)
 from condiff.pipelines.noise_aware_classifier import NoiseAwareClassifier
 from condiff.pipelines.text_encoding import DEFAULT_TEXT_ENCODER, resolve_text_encoder
 from diffusers import DDPMScheduler
 
-from condiff.models import class_conditional_unet, latent_text_unet, small_vae
+from condiff.models import class_conditional_condition_unet, class_conditional_unet, latent_text_unet, small_vae
 
 from .pipeline_params import TEXT_TO_IMAGE_BATCH_PARAMS, TEXT_TO_IMAGE_CALLBACK_CFG_PARAMS, TEXT_TO_IMAGE_PARAMS
 from .test_pipelines_common import PipelineTesterMixin
@@ -204,3 +210,53 @@ class LatentCFGPipelineMixinTests(CondiffMixinSettings, unittest.TestCase):
         # ReturnNameVisitor), which only pipelines inside diffusers satisfy: expose condiff's class there for the test.
         with mock.patch.object(diffusers.pipelines, self.pipeline_class.__name__, self.pipeline_class, create=True):
             super().test_encode_prompt_works_in_isolation()
+
+
+SPATIAL_PARAMS = frozenset(
+    ["image", "label", "guidance_scale", "guidance_interval", "callback_on_step_end"]
+    + ["callback_on_step_end_tensor_inputs"]
+)
+
+
+class SuperResolutionPipelineMixinTests(CondiffMixinSettings, unittest.TestCase):
+    pipeline_class = SuperResolutionPipeline
+    params = SPATIAL_PARAMS | {"noise_level", "guidance_rescale"}
+    batch_params = frozenset(["image"])
+
+    def get_dummy_components(self):
+        torch.manual_seed(0)
+        unet = class_conditional_condition_unet(K, 8, 1, (8, 16), 1, 4, 16, condition_channels=1).eval()
+        return {"unet": unet, "scheduler": ddpm("v_prediction")}
+
+    def get_dummy_inputs(self, device, seed=0):
+        torch.manual_seed(seed)
+        return {
+            "image": torch.rand(1, 1, 4, 4),
+            "noise_level": 0,
+            "generator": generator(device, seed),
+            "num_inference_steps": STEPS,
+            "guidance_scale": 2.0,
+            "output_type": "np",
+        }
+
+
+class SemanticLayoutPipelineMixinTests(CondiffMixinSettings, unittest.TestCase):
+    pipeline_class = SemanticLayoutPipeline
+    params = SPATIAL_PARAMS | {"guidance_rescale"}
+    batch_params = frozenset(["image"])
+
+    def get_dummy_components(self):
+        torch.manual_seed(0)
+        unet = class_conditional_condition_unet(None, 8, 1, (8, 16), 1, 4, condition_channels=K + 1).eval()
+        return {"unet": unet, "scheduler": ddpm("v_prediction")}
+
+    def get_dummy_inputs(self, device, seed=0):
+        layout = torch.full((4, 4), K)
+        layout[1:3, 1:3] = 1
+        return {
+            "image": layout,
+            "generator": generator(device, seed),
+            "num_inference_steps": STEPS,
+            "guidance_scale": 2.0,
+            "output_type": "np",
+        }
