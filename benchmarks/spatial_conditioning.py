@@ -27,6 +27,7 @@ def main() -> int:
     p.add_argument("--layout-model", default=None, help="a SemanticLayoutPipeline folder (default: the shipped one)")
     p.add_argument("--num-samples", type=int, default=1000)
     p.add_argument("--num-canvases", type=int, default=250)
+    p.add_argument("--noise-levels", type=int, nargs="+", default=[0], help="super-resolution augmentation levels")
     p.add_argument("--limit-dir", type=Path, default=Path("/tmp/condiff-limit-7x7"))
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--threads", type=int, default=2)
@@ -35,7 +36,9 @@ def main() -> int:
     sr = SuperResolutionPipeline.from_pretrained(args.sr_model or shipped_model_path("super-resolution"))
     layout = SemanticLayoutPipeline.from_pretrained(args.layout_model or shipped_model_path("layout"))
     try:
-        report = spatial_report(sr, layout, args.num_samples, args.limit_dir, num_canvases=args.num_canvases)
+        report = spatial_report(
+            sr, layout, args.num_samples, args.limit_dir, tuple(args.noise_levels), num_canvases=args.num_canvases
+        )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -94,6 +94,8 @@ SHIPPED = {
     "mnist-cfg-distilled": "class_conditional.py",
     "mnist-classifier-guided": "classifier_guided.py",
     "mnist-latent-text": "latent_cfg.py",
+    "mnist-super-resolution": "super_resolution.py",
+    "mnist-layout": "semantic_layout.py",
 }
 
 

@@ -22,6 +22,9 @@ from condiff.evaluation.spatial import (
     to_pil,
 )  # fmt: skip
 
+# canvases never trained on: (slot rows, slot columns) of digit-sized regions, digits placed per canvas
+CANVASES = (((1, 4), 3), ((2, 4), 4))
+
 
 def low_resolution_limit(low_size: int, folder: Path, threads: int = 1) -> dict[str, Any]:
     """The information limit of `low_size` inputs: the test accuracy of the evaluator's CNN trained on the inputs
@@ -46,7 +49,7 @@ def held_out_digits(num_samples: int) -> tuple[torch.Tensor, np.ndarray]:
 
 
 def spatial_report(
-    sr_pipe: Any, layout_pipe: Any, num_samples: int, limit_folder: Path, noise_levels: tuple[int, ...] = (0, 50),
+    sr_pipe: Any, layout_pipe: Any, num_samples: int, limit_folder: Path, noise_levels: tuple[int, ...] = (0,),
     num_canvases: int = 250,
 ) -> dict[str, Any]:  # fmt: skip
     """Every measurement of the report, on the first `num_samples` test digits, seed 0."""
@@ -59,11 +62,13 @@ def spatial_report(
             found = super_resolution_rows(sr_pipe, images, labels, low_size, noise_level=level)
             rows += [r for r in found if r["method"] == "condiff" or level == noise_levels[0]]
     layout = layout_rows(layout_pipe, images, labels)
-    canvas, _, _ = canvas_rows(layout_pipe, images, labels, num_canvases=num_canvases)
+    for slots, per_canvas in CANVASES:
+        canvas, _, _ = canvas_rows(layout_pipe, images, labels, num_canvases, slots, per_canvas)
+        layout.append(canvas | {"digits_per_canvas": per_canvas})
     return {
         "super_resolution": rows,
         "limit": {"input_size": size // 4, **{k: limit[k] for k in ("test_accuracy", "test_samples")}},
-        "layout": [*layout, canvas],
+        "layout": layout,
         "settings": {
             "num_samples": num_samples,
             "seed": 0,
@@ -97,8 +102,9 @@ def spatial_markdown(report: dict[str, Any]) -> str:
         "the floor is the real test digits' FD (so real = 1.00). Consistency: PSNR of the output area-downsampled "
         f"back against the input. Super-resolution {s['sr_steps']} steps, layouts {s['layout_steps']} steps.",
         markdown_table(report["super_resolution"], sr_columns),
-        f"Layout maps: single digits (28x28, the training size) and {s['num_canvases']} canvases never trained on "
-        "(each digit region cropped and classified against its class).",
+        f"Layout maps: single digits (28x28, the training size) and {s['num_canvases']} canvases of each size never "
+        "trained on, with 3 or 4 held-out digits' maps in random digit-sized slots (each region cropped and "
+        "classified against its class).",
         markdown_table(report["layout"], layout_columns),
         f"Measured in {report['seconds']:.0f} s.",
     ]) + "\n"  # fmt: skip

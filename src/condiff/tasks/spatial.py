@@ -127,17 +127,15 @@ class SpatialConditionTask(ImageDataTask):
     def pipeline(self, modules: Modules):
         """The exported pipeline around the (averaged) UNet, with the default sampling scheduler."""
         from condiff.models import default_sampling_scheduler
+        from condiff.options import MICRO_BATCH_SIZE
         from condiff.pipelines import SemanticLayoutPipeline, SuperResolutionPipeline
 
         a = self.args
         scheduler = default_sampling_scheduler(self.noise_scheduler)
-        id2label = dict(enumerate(self.data.label_names))
+        common = {"id2label": dict(enumerate(self.data.label_names)), "micro_batch_size": MICRO_BATCH_SIZE}
         if a.condition == "layout":
-            kwargs = {"layout_cell": a.layout_cell}
-            return SemanticLayoutPipeline(unet=modules.unet, scheduler=scheduler, id2label=id2label, **kwargs)
-        return SuperResolutionPipeline(
-            unet=modules.unet, scheduler=scheduler, id2label=id2label, max_noise_level=a.max_noise_level
-        )
+            return SemanticLayoutPipeline(modules.unet, scheduler, layout_cell=a.layout_cell, **common)
+        return SuperResolutionPipeline(modules.unet, scheduler, max_noise_level=a.max_noise_level, **common)
 
     def sample_grid(self, modules: Modules, path: Path):
         """Held-out digits: rows of (input | output | real), seed 0 (`condiff.evaluation.spatial` draws them)."""
@@ -177,7 +175,8 @@ class SpatialConditionTask(ImageDataTask):
             "prediction_type": a.prediction_type,
             "noise_schedule": a.noise_schedule,
             "sampler": type(pipe.scheduler).__name__,
-            "evaluation": "Not evaluated yet: run `python benchmarks/spatial_conditioning.py --model <this folder>`.",
+            "evaluation": "Not evaluated yet: run `python benchmarks/spatial_conditioning.py "
+            f"--{'layout' if layout else 'sr'}-model <this folder>`.",
         }
         template = "semantic_layout.md" if layout else "super_resolution.md"
         tags = ["semantic-layout" if layout else "super-resolution", "classifier-free-guidance"]

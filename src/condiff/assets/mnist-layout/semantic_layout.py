@@ -1,0 +1,1 @@
+../../../../pipelines/semantic_layout.py

@@ -1,0 +1,1 @@
+../../../../pipelines/spatial_conditions.py

@@ -1,0 +1,1 @@
+../../../../pipelines/super_resolution.py
