@@ -19,6 +19,7 @@ from typing import Any
 
 from condiff import __version__
 from condiff.argtypes import check_output_file, existing_file, float_in, int_in
+from condiff.cli_inputs import check_labels, check_spatial_arguments, parse_label, read_condition_image
 from condiff.evaluation.cli_args import add_sweep_arguments
 from condiff.loading import folder_pipeline, label_space
 from condiff.options import EXTRAS, IMAGE_SUFFIXES, PIPELINE_MODULES, PIPELINES, SAMPLERS, SPATIAL_PIPELINES
@@ -61,15 +62,6 @@ def quiet_libraries(quiet: bool) -> Iterator[None]:
             hub_utils.enable_progress_bars()
 
 
-def parse_label(text: str | None) -> int | str | list[int | str] | None:
-    """--label text -> the pipeline's `label`: None (unconditional), one id or name, or a list of them."""
-    if text is None or text.lower() in ("none", "uncond", "unconditional"):
-        return None
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    values = [int(p) if p.lstrip("-").isdigit() else p for p in parts]
-    return values[0] if len(values) == 1 else values
-
-
 def image_grid(images: list, cols: int, upscale: int) -> Any:
     """Paste PIL images row by row into a grid `cols` wide, zoomed `upscale` times (nearest neighbour)."""
     from PIL import Image
@@ -99,24 +91,6 @@ def resolve_pipeline(args: argparse.Namespace) -> str:
     return pipeline
 
 
-def check_spatial_arguments(args: argparse.Namespace, pipeline: str) -> None:
-    """--image and --noise-level belong to the spatial pipelines, which only `generate` runs (and needs --image)."""
-    image, level = getattr(args, "image", None), getattr(args, "noise_level", None)
-    if pipeline not in SPATIAL_PIPELINES:
-        if image is not None or level is not None:
-            raise ValueError(f"--image and --noise-level need --pipeline super-resolution or layout, not {pipeline}")
-        return
-    if args.command != "generate":
-        raise ValueError(
-            f"condiff {args.command} measures class-conditional generation; for --pipeline {pipeline} run "
-            "`python benchmarks/spatial_conditioning.py`"
-        )
-    if image is None:
-        raise ValueError(f"--pipeline {pipeline} needs --image FILE (a low-resolution image, or a layout map)")
-    if level is not None and pipeline != "super-resolution":
-        raise ValueError("--noise-level needs --pipeline super-resolution")
-
-
 def guidance_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The pipeline's guidance arguments from the command line; options of the other pipeline kind are refused."""
     resolve_pipeline(args)
@@ -139,22 +113,6 @@ CG_ONLY = {"--classifier-scale": "classifier_scale", "--guidance-method": "guida
 def missing_module_message(module: str, what: str) -> str:
     """One line naming the extra that installs an optional module."""
     return f'{what} needs {module}, which is not installed: pip install "condiff[{EXTRAS[module]}]"'
-
-
-def check_labels(label: int | str | list | None, space: tuple[int | None, dict[int, str]] | None) -> None:
-    """Refuse a --label that the folder's classes (`loading.label_space`) do not include, before loading it (in the
-    pipelines' own words, `pipelines/labels.py`, which needs torch)."""
-    if label is None or space is None:
-        return
-    num_classes, id2label = space
-    names = {name.lower() for name in id2label.values()}
-    for value in label if isinstance(label, list) else [label]:
-        if isinstance(value, int) and num_classes is not None and not 0 <= value < num_classes:
-            raise ValueError(f"--label: label must be in 0..{num_classes - 1}, got {value}")
-        if isinstance(value, str) and value.strip().lower() not in names:
-            allowed = ", ".join(repr(n) for n in id2label.values()) or "none (this model has no id2label: give ids)"
-            shown = repr(value) if len(repr(value)) <= 80 else f"{repr(value)[:60]}...<{len(repr(value))} characters>"
-            raise ValueError(f"--label: label {shown} is not a class name; allowed names: {allowed}")
 
 
 def prepare(args: argparse.Namespace) -> dict[str, Any]:
@@ -215,20 +173,6 @@ def generate(args: argparse.Namespace) -> Path:
     counts = f"{len(images)} images: {args.num_images} per label x {num_labels} label(s)"
     print(f"wrote {out} ({counts}, label={label}{settings})")
     return out
-
-
-def read_condition_image(path: str, pipeline: str) -> Any:
-    """--image: an image file (a layout map as a grayscale PNG whose values are the category ids) or, for a layout,
-    a .npy integer array."""
-    from PIL import Image
-
-    if pipeline == "layout" and path.lower().endswith(".npy"):
-        import numpy as np
-
-        return np.load(path, allow_pickle=False)
-    with Image.open(path) as image:
-        image.load()
-    return image if pipeline == "layout" else image.convert("L")
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
