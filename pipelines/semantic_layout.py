@@ -33,7 +33,6 @@ from .labels import parse_labels  # noqa: F401
 from .networks import micro_batched  # noqa: F401
 from .saved_folder import check_saved_folder  # noqa: F401
 from .schedules import check_schedule  # noqa: F401
-from .spatial_conditions import unet_downsampling  # noqa: F401
 from .weights import refusing_unsafe_pickles  # noqa: F401
 
 

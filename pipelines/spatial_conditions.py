@@ -8,8 +8,6 @@ Part of the Hub-loadable pipeline code: imports only torch.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -77,11 +75,6 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> torch.Ten
     return 10.0 * torch.log10(torch.tensor(data_range**2) / mse)
 
 
-def canvas_size_ok(size: int, multiple: int) -> bool:
-    """Whether a side length is a positive multiple of the UNet's total downsampling factor."""
-    return size > 0 and size % multiple == 0
-
-
 def unet_downsampling(unet_config) -> int:
     """The factor a UNet's sample sides must be a multiple of: 2 per downsampling block."""
-    return int(math.pow(2, len(unet_config.block_out_channels) - 1))
+    return 2 ** (len(unet_config.block_out_channels) - 1)
