@@ -8,7 +8,6 @@ without condiff installed (the classifier's code travels in `classifier/noise_aw
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
@@ -18,12 +17,11 @@ from diffusers.utils import logging
 
 from .checks import MAX_ROWS_PER_PASS, check_positive_int, check_scale, resolve_num_images, unet_sample_size
 from .classifiers import (
+    ClassifierComponent,
     check_classifier_fits,
     check_guidable_scheduler,
     classifier_guidance_method,
     is_noise_aware,
-    load_saved_classifier,
-    save_classifier_code,
 )
 from .denoising import CondiffPipeline, StepCallback
 from .guidance import check_guidance_arguments
@@ -32,21 +30,22 @@ from .labels import LabelInput, ids_per_image, normalize_id2label, parse_labels
 from .locking import serialized_call
 from .networks import micro_batched, unet_extra_inputs
 from .outputs import CondiffPipelineOutput
-from .saved_folder import check_saved_folder
-from .weights import refusing_unsafe_pickles
 
 # isort: split
 # diffusers copies only the sibling files that a local custom-pipeline file imports itself (not their own imports):
 # the modules the shared loop needs are named here too, so `custom_pipeline="pipelines/<this file>"` loads.
 from .callbacks import step_callback  # noqa: F401
 from .diffusers_guiders import DiffusersGuidance  # noqa: F401
+from .digit_classifier import MnistClassifier  # noqa: F401
 from .noise_aware_classifier import NoiseAwareClassifier  # noqa: F401
+from .saved_folder import check_saved_folder  # noqa: F401
 from .schedules import check_schedule  # noqa: F401
+from .weights import refusing_unsafe_pickles  # noqa: F401
 
 logger = logging.get_logger(__name__)
 
 
-class ClassifierGuidedPipeline(CondiffPipeline):
+class ClassifierGuidedPipeline(ClassifierComponent, CondiffPipeline):
     r"""Classifier guidance for any diffusers scheduler.
 
     Parameters:
@@ -91,32 +90,6 @@ class ClassifierGuidedPipeline(CondiffPipeline):
             default_guidance_scale=float(default_guidance_scale),
         )
         self.check_components()
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
-        """diffusers' `from_pretrained`. A `classifier=` passed here replaces the saved one; a saved
-        `NoiseAwareClassifier` is loaded with this package's class (no `trust_remote_code` needed), with the dtype and
-        variant asked for. Weights load as diffusers loads them: safetensors first, a `.bin` through torch's
-        weights-only unpickler (`UnsafeWeightsError` if it holds more)."""
-        classifier = kwargs.pop("classifier", None)
-        check_saved_folder(pretrained_model_name_or_path, cls)  # before the classifier is loaded
-        with refusing_unsafe_pickles():
-            if classifier is None:
-                classifier = load_saved_classifier(pretrained_model_name_or_path, kwargs)
-            # diffusers would import the saved classifier's library to type-check a passed one: load without it.
-            pipe = super().from_pretrained(
-                pretrained_model_name_or_path, classifier=None, _folder_checked=True, **kwargs
-            )
-        if classifier is not None:
-            pipe.register_modules(classifier=classifier)
-            pipe.check_components()
-        return pipe
-
-    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
-        """diffusers' `save_pretrained`; a noise-aware classifier's code is saved next to its weights, so the folder
-        loads with `DiffusionPipeline.from_pretrained(folder, custom_pipeline=folder, trust_remote_code=True)`."""
-        super().save_pretrained(save_directory, **kwargs)
-        save_classifier_code(self.classifier, save_directory)
 
     # ------------------------------------------------------------------------------------------- state and checks
     @property

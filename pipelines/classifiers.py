@@ -15,9 +15,12 @@ from typing import Any
 
 from .checks import unet_sample_size
 from .guidance import supports_mean_shift
-from .weights import component_load_kwargs
+from .saved_folder import check_saved_folder
+from .weights import component_load_kwargs, refusing_unsafe_pickles
 
 CLASSIFIER_FILE = "noise_aware_classifier.py"
+# the classifier classes whose code a pipeline folder carries (saved next to their weights): class -> file
+CLASSIFIER_CODE = {"NoiseAwareClassifier": CLASSIFIER_FILE, "MnistClassifier": "digit_classifier.py"}
 GUIDANCE_METHODS = ("mean_shift", "score")
 HUB_KWARGS = ("cache_dir", "token", "revision", "local_files_only", "force_download", "proxies")
 
@@ -54,38 +57,75 @@ def check_classifier_fits(unet_cfg: Any, classifier: Any, scheduler_config: Any)
 
 
 def save_classifier_code(classifier: Any, save_directory: str | os.PathLike) -> None:
-    """Copy a `NoiseAwareClassifier`'s code next to its saved weights and name it in model_index.json."""
-    if classifier is None or type(classifier).__name__ != "NoiseAwareClassifier":
+    """Copy a `NoiseAwareClassifier`'s or `MnistClassifier`'s code next to its saved weights and name it in
+    model_index.json, so the folder loads without condiff."""
+    name = type(classifier).__name__
+    if classifier is None or name not in CLASSIFIER_CODE:
         return
     source = Path(sys.modules[type(classifier).__module__].__file__)
-    shutil.copyfile(source, Path(save_directory) / "classifier" / CLASSIFIER_FILE)
+    shutil.copyfile(source, Path(save_directory) / "classifier" / CLASSIFIER_CODE[name])
     index_path = Path(save_directory) / "model_index.json"
     index = json.loads(index_path.read_text())
-    index["classifier"] = [CLASSIFIER_FILE[:-3], "NoiseAwareClassifier"]
+    index["classifier"] = [CLASSIFIER_CODE[name][:-3], name]
     index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
-def saved_classifier_is_ours(path: str | os.PathLike, kwargs: dict) -> bool:
-    """Whether the saved pipeline's model_index names a NoiseAwareClassifier saved with its code."""
+def saved_classifier_class(path: str | os.PathLike, kwargs: dict) -> str | None:
+    """The class name of the saved pipeline's classifier when it is one saved with its code, else None."""
     from diffusers import DiffusionPipeline as _Pipeline
 
     hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
     try:
         index = _Pipeline.load_config(path, **hub)
     except (OSError, ValueError):
-        return False
-    return list(index.get("classifier") or [None, None])[1] == "NoiseAwareClassifier"
+        return None
+    name = list(index.get("classifier") or [None, None])[1]
+    return name if name in CLASSIFIER_CODE else None
 
 
 def load_saved_classifier(path: str | os.PathLike, kwargs: dict) -> Any:
-    """The saved pipeline's `NoiseAwareClassifier`, loaded with this package's class (no `trust_remote_code`) and
-    the dtype and variant `kwargs` ask for; None when the folder holds another classifier or none."""
-    if not saved_classifier_is_ours(path, kwargs):
+    """The saved pipeline's classifier (`NoiseAwareClassifier` or `MnistClassifier`), loaded with this package's
+    class (no `trust_remote_code`) and the dtype and variant `kwargs` ask for; None when the folder holds none."""
+    name = saved_classifier_class(path, kwargs)
+    if name is None:
         return None
+    from .digit_classifier import MnistClassifier
     from .noise_aware_classifier import NoiseAwareClassifier
 
+    classes = {"NoiseAwareClassifier": NoiseAwareClassifier, "MnistClassifier": MnistClassifier}
     loading = component_load_kwargs(kwargs, path, "classifier")
-    return NoiseAwareClassifier.from_pretrained(path, subfolder="classifier", **loading)
+    return classes[name].from_pretrained(path, subfolder="classifier", **loading)
+
+
+class ClassifierComponent:
+    """`from_pretrained` / `save_pretrained` of a pipeline with an optional `classifier` component (mixed in before
+    the pipeline class): the classifier's code is saved next to its weights and loaded with this package's class."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
+        """diffusers' `from_pretrained`. A `classifier=` passed here replaces the saved one; a saved classifier is
+        loaded with this package's class (no `trust_remote_code` needed), with the dtype and variant asked for.
+        Weights load as diffusers loads them: safetensors first, a `.bin` through torch's weights-only unpickler
+        (`UnsafeWeightsError` if it holds more)."""
+        classifier = kwargs.pop("classifier", None)
+        check_saved_folder(pretrained_model_name_or_path, cls)  # before the classifier is loaded
+        with refusing_unsafe_pickles():
+            if classifier is None:
+                classifier = load_saved_classifier(pretrained_model_name_or_path, kwargs)
+            # diffusers would import the saved classifier's library to type-check a passed one: load without it.
+            pipe = super().from_pretrained(
+                pretrained_model_name_or_path, classifier=None, _folder_checked=True, **kwargs
+            )
+        if classifier is not None:
+            pipe.register_modules(classifier=classifier)
+            pipe.check_components()
+        return pipe
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """diffusers' `save_pretrained`; the classifier's code is saved next to its weights, so the folder loads
+        with `DiffusionPipeline.from_pretrained(folder, custom_pipeline=folder, trust_remote_code=True)`."""
+        super().save_pretrained(save_directory, **kwargs)
+        save_classifier_code(self.classifier, save_directory)
 
 
 def classifier_guidance_method(scheduler: Any, method: Any) -> str:

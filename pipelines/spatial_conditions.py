@@ -48,11 +48,13 @@ def noise_level_embedding(noise_level: torch.Tensor, embedding_dim: int, num_lev
 
 def layout_map(images: torch.Tensor, labels: torch.Tensor, cell: int, background_id: int) -> torch.Tensor:
     """The semantic layout of labelled digits: (N, H / cell, W / cell) int64, the digit's class id in every cell that
-    holds ink (a pixel above 0 in [-1, 1], i.e. brighter than mid-grey), `background_id` elsewhere."""
+    holds ink (a pixel above 0 in [-1, 1], i.e. brighter than mid-grey), `background_id` elsewhere. `labels`: (N,)
+    one class per image, or (N, H, W) a class per pixel (composed canvases; constant within each cell)."""
     ink = (images > 0.0).any(dim=1, keepdim=True).float()
     covered = F.max_pool2d(ink, kernel_size=cell, stride=cell)[:, 0] > 0
     background = torch.full(covered.shape, background_id, device=labels.device)
-    return torch.where(covered, labels.long().view(-1, 1, 1), background)
+    classes = labels.long().view(-1, 1, 1) if labels.ndim == 1 else labels.long()[:, ::cell, ::cell]
+    return torch.where(covered, classes, background)
 
 
 def one_hot_layout(layout: torch.Tensor, num_categories: int, size: tuple[int, int]) -> torch.Tensor:

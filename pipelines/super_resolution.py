@@ -15,27 +15,37 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.schedulers import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from .checks import MAX_IMAGES_PER_CALL, check_generators, resolve_num_images, short_repr, unet_sample_size
+from .checks import (
+    MAX_IMAGES_PER_CALL,
+    check_generators,
+    check_positive_int,
+    resolve_num_images,
+    short_repr,
+    unet_sample_size,
+)
+from .classifiers import ClassifierComponent
 from .denoising import CondiffPipeline, StepCallback
 from .locking import serialized_call
 from .outputs import CondiffPipelineOutput
 from .spatial import SpatialConditionPipeline, check_image_channels
-from .spatial_conditions import augment_low_resolution, noise_level_embedding, upsample_bicubic
+from .spatial_conditions import augment_low_resolution, downsample_area, noise_level_embedding, upsample_bicubic
 
 # isort: split
 # diffusers copies only the sibling files that a local custom-pipeline file imports itself (see class_conditional.py)
 from .callbacks import step_callback  # noqa: F401
 from .diffusers_guiders import DiffusersGuidance  # noqa: F401
+from .digit_classifier import MnistClassifier  # noqa: F401
 from .guidance import check_guidance_arguments  # noqa: F401
 from .guiders import Guidance  # noqa: F401
 from .labels import parse_labels  # noqa: F401
 from .networks import micro_batched  # noqa: F401
+from .noise_aware_classifier import NoiseAwareClassifier  # noqa: F401
 from .saved_folder import check_saved_folder  # noqa: F401
 from .schedules import check_schedule  # noqa: F401
 from .weights import refusing_unsafe_pickles  # noqa: F401
 
 
-class SuperResolutionPipeline(SpatialConditionPipeline):
+class SuperResolutionPipeline(ClassifierComponent, SpatialConditionPipeline):
     r"""Super-resolution by a diffusion model conditioned by concatenation (SR3; latent diffusion's super-resolution).
 
     Parameters:
@@ -45,7 +55,15 @@ class SuperResolutionPipeline(SpatialConditionPipeline):
         scheduler ([`SchedulerMixin`]): any diffusers scheduler; its `alphas_cumprod` also define the augmentation.
         max_noise_level (`int`): the largest augmentation level the model was trained on.
         default_noise_level (`int`): the level of a call that gives none (0: the input is taken as clean).
+        classifier ([`ModelMixin`], *optional*): a classifier of the low-resolution inputs (condiff's
+            `MnistClassifier` trained on them, bicubic-upsampled to its `image_size`) for `label="auto"`: the class
+            hint becomes its most likely class, the MAP class of an ambiguous input, rather than a posterior draw.
+        classifier_resolution (`int`, *optional*): the input size the classifier was trained on; larger inputs are
+            area-downsampled to it first.
     """
+
+    model_cpu_offload_seq = "classifier->unet"
+    _optional_components = ["classifier"]
 
     def __init__(
         self,
@@ -58,6 +76,8 @@ class SuperResolutionPipeline(SpatialConditionPipeline):
         default_guidance_scale: float = 1.0,
         default_guidance_interval: tuple | list = (0.0, 1.0),
         micro_batch_size: int | None = None,
+        classifier: Any = None,
+        classifier_resolution: int | None = None,
     ):
         super().__init__()
         if unet.config.in_channels != 2 * unet.config.out_channels:
@@ -70,7 +90,12 @@ class SuperResolutionPipeline(SpatialConditionPipeline):
         self._register_spatial(
             unet, scheduler, id2label, default_num_inference_steps, default_guidance_scale, default_guidance_interval,
             micro_batch_size, max_noise_level=int(max_noise_level), default_noise_level=int(default_noise_level),
+            classifier_resolution=classifier_resolution,
         )  # fmt: skip
+        if classifier_resolution is not None:
+            check_positive_int("classifier_resolution", classifier_resolution, unet_sample_size(unet.config)[0])
+        self.register_modules(classifier=classifier)
+        self.check_components()
         self.image_processor = VaeImageProcessor(do_resize=False, do_normalize=True, do_convert_grayscale=True)
 
     def prepare_low_resolution(self, image: Any, size: tuple[int, int] | None) -> torch.Tensor:
@@ -86,6 +111,31 @@ class SuperResolutionPipeline(SpatialConditionPipeline):
         if size is not None and (low.shape[-2] > size[0] or low.shape[-1] > size[1]):
             raise ValueError(f"image is {low.shape[-2]}x{low.shape[-1]}, larger than the output {size[0]}x{size[1]}")
         return low.to(self._execution_device, torch.float32)
+
+    def check_components(self) -> None:
+        """Raise a ValueError when the classifier does not fit the UNet (classes, channels)."""
+        if self.classifier is None:
+            return
+        config = self.classifier.config
+        if self.num_classes is None or config.num_classes != self.num_classes:
+            raise ValueError(f"classifier has {config.num_classes} classes; the unet has {self.num_classes} "
+                             "(label=\"auto\" needs a UNet with a class embedding of the same classes)")  # fmt: skip
+        if config.in_channels != self.unet.config.out_channels:
+            raise ValueError(f"classifier takes {config.in_channels} channels; the images have "
+                             f"{self.unet.config.out_channels}")  # fmt: skip
+
+    def most_likely_classes(self, low: torch.Tensor) -> torch.Tensor:
+        """`label="auto"`: the classifier's most likely class of each input (N, C, h, w) in [-1, 1], seen as it was
+        trained: area-downsampled to `classifier_resolution` if larger, bicubic-upsampled to its `image_size`."""
+        if self.classifier is None:
+            raise ValueError('label="auto" needs a classifier of the inputs (the `classifier` component); this '
+                             "pipeline has none: give label ids or names, or None")  # fmt: skip
+        cap = self.config.classifier_resolution
+        if cap is not None and max(low.shape[-2:]) > cap:
+            low = downsample_area(low, (min(low.shape[-2], cap), min(low.shape[-1], cap)))
+        side = self.classifier.config.image_size
+        seen = upsample_bicubic(low, (side, side)).to(self.classifier.device, self.classifier.dtype)
+        return self.classifier(seen).argmax(1).to(low.device)
 
     @serialized_call  # schedulers are stateful: concurrent calls on one pipeline take turns (locking.py)
     @torch.inference_mode()
@@ -114,7 +164,8 @@ class SuperResolutionPipeline(SpatialConditionPipeline):
         Args:
             image: the low-resolution image(s): PIL, numpy (H, W, C) / (N, H, W, C) or a tensor (N, C, H, W) in [0, 1]
                 as diffusers' image processors take them, or a list.
-            label: an optional class hint (id or name, one or one per image) for a UNet with a class embedding.
+            label: an optional class hint (id or name, one or one per image) for a UNet with a class embedding, or
+                "auto": the most likely class of each input by the pipeline's `classifier`.
             noise_level: augmentation level s of the input (0 to `max_noise_level`): larger levels let the model
                 repair inputs that are not clean downsamples, at some loss of fidelity. Default: the model's.
             num_images_per_prompt: outputs per input image.
@@ -140,7 +191,8 @@ class SuperResolutionPipeline(SpatialConditionPipeline):
         low = self.prepare_low_resolution(image, size)
         level = self.config.default_noise_level if noise_level is None else noise_level
         check_noise_level("noise_level", level, self.config.max_noise_level)
-        labels = self.class_ids(label, low.shape[0])
+        auto = isinstance(label, str) and label == "auto"
+        labels = self.most_likely_classes(low) if auto else self.class_ids(label, low.shape[0])
         n = low.shape[0] * num_images
         if n > MAX_IMAGES_PER_CALL:
             raise ValueError(f"image x num_images_per_prompt = {n} images; at most {MAX_IMAGES_PER_CALL}")
@@ -167,4 +219,4 @@ def check_noise_level(name: str, value: Any, maximum: int) -> None:
 
 
 # diffusers' custom-pipeline loader accepts one DiffusionPipeline subclass per file: unbind the shared bases.
-del CondiffPipeline, SpatialConditionPipeline
+del ClassifierComponent, CondiffPipeline, SpatialConditionPipeline

@@ -31,6 +31,23 @@ def test_super_resolution_of_held_out_digits_keeps_their_class_and_agrees_with_t
         assert psnr(downsample_area(out, size), low).mean() > 25  # bicubic: about 26 dB at 7x7
 
 
+def test_the_shipped_class_hint_is_the_7x7_classifiers_and_sharpens_ambiguous_inputs():
+    images, labels = load_mnist_arrays("test")
+    real = uint8_to_model_tensor(images[:500])
+    pipe = shipped(SuperResolutionPipeline, "super-resolution")
+    assert type(pipe.classifier).__name__ == "MnistClassifier" and pipe.config.classifier_resolution == 7
+    low = downsample_area(real, 7)
+    hints = pipe.most_likely_classes(low).numpy()
+    assert (hints == labels[:500]).mean() >= 0.96  # the information limit: about 97.6% on the 1,000 test digits
+    assert (
+        pipe.most_likely_classes(downsample_area(real[:100], 14)) == torch.from_numpy(hints[:100])
+    ).float().mean() > 0.95
+    wrong = np.flatnonzero(hints != labels[:500])[:4]  # ambiguous inputs: the hint decides the class drawn
+    out = pipe(image=(low[wrong] + 1) / 2, label="auto", generator=torch.Generator().manual_seed(0), output_type="pt")
+    predicted = default_classifier()(out.images * 2 - 1).argmax(1).numpy()
+    assert (predicted == hints[wrong]).mean() >= 0.75
+
+
 def test_layout_canvas_larger_than_training_puts_each_class_in_its_region():
     images, labels = load_mnist_arrays("test")
     pipe = shipped(SemanticLayoutPipeline, "layout")
@@ -47,8 +64,8 @@ def test_layout_canvas_larger_than_training_puts_each_class_in_its_region():
 
 def test_the_shipped_spatial_folders_load_without_condiff(tmp_path):
     for cls, name, call, kwargs in (
-        (SuperResolutionPipeline, "super-resolution", "{'image': torch.full((1, 1, 7, 7), 0.5), "
-         "'num_inference_steps': 3}", {"image": torch.full((1, 1, 7, 7), 0.5)}),
+        (SuperResolutionPipeline, "super-resolution", "{'image': torch.full((1, 1, 7, 7), 0.5), 'label': 'auto', "
+         "'num_inference_steps': 3}", {"image": torch.full((1, 1, 7, 7), 0.5), "label": "auto"}),
         (SemanticLayoutPipeline, "layout", "{'image': torch.full((7, 7), 10), 'num_inference_steps': 3}",
          {"image": torch.full((7, 7), 10)}),
     ):  # fmt: skip

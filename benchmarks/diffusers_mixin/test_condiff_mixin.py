@@ -21,6 +21,7 @@ from condiff.pipelines import (
     SemanticLayoutPipeline,
     SuperResolutionPipeline,
 )
+from condiff.pipelines.digit_classifier import MnistClassifier
 from condiff.pipelines.noise_aware_classifier import NoiseAwareClassifier
 from condiff.pipelines.text_encoding import DEFAULT_TEXT_ENCODER, resolve_text_encoder
 from diffusers import DDPMScheduler
@@ -226,7 +227,8 @@ class SuperResolutionPipelineMixinTests(CondiffMixinSettings, unittest.TestCase)
     def get_dummy_components(self):
         torch.manual_seed(0)
         unet = class_conditional_condition_unet(K, 8, 1, (8, 16), 1, 4, 16, condition_channels=1).eval()
-        return {"unet": unet, "scheduler": ddpm("v_prediction")}
+        classifier = MnistClassifier(num_classes=K, image_size=8, channels=(4, 8), feature_dim=8).eval()
+        return {"unet": unet, "scheduler": ddpm("v_prediction"), "classifier": classifier}
 
     def get_dummy_inputs(self, device, seed=0):
         torch.manual_seed(seed)

@@ -87,17 +87,21 @@ def super_resolution_rows(
     pipe: Any, images: torch.Tensor, labels: np.ndarray, low_size: int, noise_level: int = 0,
     steps: int | None = None, batch_size: int = 250, seed: int = 0, guidance_scale: float | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    """Rows "real", "bicubic" and "condiff" for super-resolving `images` (area-downsampled to `low_size`): accuracy
+    """Rows "real", "bicubic", "condiff" (and "condiff, label=auto" when the pipeline has a classifier of its inputs,
+    the class hint) for super-resolving `images` (area-downsampled to `low_size`): accuracy
     for the true label, Frechet distance to the train split and its ratio to the real images' (the same-N floor),
     and consistency, the PSNR of the output area-downsampled back against the input (dB, mean)."""
     size = tuple(images.shape[-2:])
     low = downsample_area(images, low_size)
-    outputs = []
-    for i in range(0, len(images), batch_size):
-        chunk = (low[i : i + batch_size] + 1) / 2
-        kwargs = {"noise_level": noise_level, "guidance_scale": guidance_scale}
-        outputs.append(_generate(pipe, steps, seed + i, image=chunk, **kwargs))
-    candidates = {"real": images, "bicubic": upsample_bicubic(low, size).clamp(-1, 1), "condiff": torch.cat(outputs)}
+    candidates = {"real": images, "bicubic": upsample_bicubic(low, size).clamp(-1, 1)}
+    hints = {"condiff": None} | ({"condiff, label=auto": "auto"} if getattr(pipe, "classifier", None) else {})
+    for name, label in hints.items():
+        outputs = []
+        for i in range(0, len(images), batch_size):
+            chunk = (low[i : i + batch_size] + 1) / 2
+            kwargs = {"noise_level": noise_level, "guidance_scale": guidance_scale, "label": label}
+            outputs.append(_generate(pipe, steps, seed + i, image=chunk, **kwargs))
+        candidates[name] = torch.cat(outputs)
     rows, floor = [], None
     for name, x in candidates.items():
         scores = score_against_train(x, labels)

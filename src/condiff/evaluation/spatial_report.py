@@ -39,6 +39,18 @@ def low_resolution_limit(low_size: int, folder: Path, threads: int = 1) -> dict[
     return json.loads(metrics.read_text())
 
 
+def input_classifier_limit(pipe: Any, images: torch.Tensor, labels: np.ndarray, low_size: int) -> dict | None:
+    """The information limit measured on the same digits by the pipeline's own classifier of `low_size` inputs (the
+    class hint of `label="auto"`); None when it has none or one of another input size."""
+    classifier = getattr(pipe, "classifier", None)
+    if classifier is None or pipe.config.get("classifier_resolution") != low_size:
+        return None
+    from condiff.pipelines.spatial_conditions import downsample_area
+
+    hints = pipe.most_likely_classes(downsample_area(images, low_size)).cpu().numpy()
+    return {"test_accuracy": float((hints == labels).mean()), "test_samples": len(labels)}
+
+
 def held_out_digits(num_samples: int) -> tuple[torch.Tensor, np.ndarray]:
     from condiff.data import load_mnist_arrays, uint8_to_model_tensor
 
@@ -55,12 +67,12 @@ def spatial_report(
     """Every measurement of the report, on the first `num_samples` test digits, seed 0."""
     images, labels = held_out_digits(num_samples)
     size = images.shape[-1]
-    limit = low_resolution_limit(size // 4, limit_folder)
+    limit = input_classifier_limit(sr_pipe, images, labels, size // 4) or low_resolution_limit(size // 4, limit_folder)
     rows, started = [], time.perf_counter()
     for low_size in (size // 4, size // 2):
         for level in noise_levels:
             found = super_resolution_rows(sr_pipe, images, labels, low_size, noise_level=level)
-            rows += [r for r in found if r["method"] == "condiff" or level == noise_levels[0]]
+            rows += [r for r in found if r["method"].startswith("condiff") or level == noise_levels[0]]
     layout = layout_rows(layout_pipe, images, labels)
     for slots, per_canvas in CANVASES:
         canvas, _, _ = canvas_rows(layout_pipe, images, labels, num_canvases, slots, per_canvas)

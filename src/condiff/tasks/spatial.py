@@ -44,9 +44,19 @@ class SpatialConditionTask(ImageDataTask):
             help="super-resolution: augmentation levels s ~ U{0..max} of the low-resolution input (0: none)",
         )  # fmt: skip
         g.add_argument("--layout_cell", type=int, default=4, help="layout: pixels per map cell (its downsampling)")
+        g.add_argument(
+            "--canvas_fraction", type=float, default=0.0,
+            help="layout: probability that an example is a digit-sized crop (offset a multiple of --layout_cell) of a "
+            "2x2 canvas of training digits, some slots empty: digits at any place and next to each other",
+        )  # fmt: skip
         g.add_argument("--p_uncond", type=float, default=0.1, help="probability of dropping the spatial condition")
         g.add_argument("--class_labels", action="store_true", help="also condition on the class label")
         g.add_argument("--p_uncond_label", type=float, default=0.5, help="probability of dropping the class label")
+        g.add_argument(
+            "--input_classifier", type=Path, default=None,
+            help="super-resolution with --class_labels: a classifier of the low-resolution inputs (`condiff train "
+            "evaluator --input_resolution N` folder) exported with the pipeline for label=\"auto\"",
+        )  # fmt: skip
 
     def check_args(self) -> None:
         a = self.args
@@ -64,7 +74,14 @@ class SpatialConditionTask(ImageDataTask):
         if a.resolution % a.layout_cell:
             raise ValueError(f"--layout_cell {a.layout_cell} must divide --resolution {a.resolution}")
         require_real("p_uncond", a.p_uncond, 0.0, 1.0)
+        require_real("canvas_fraction", a.canvas_fraction, 0.0, 1.0)
+        if a.canvas_fraction and (a.condition != "layout" or a.class_labels):
+            raise ValueError("--canvas_fraction needs --condition layout without --class_labels")
         require_real("p_uncond_label", a.p_uncond_label, 0.0, 1.0)
+        if a.input_classifier is not None:
+            input_classifier_resolution(a.input_classifier)
+            if a.condition != "super_resolution" or not a.class_labels:
+                raise ValueError("--input_classifier needs --condition super_resolution with --class_labels")
 
     @property
     def condition_channels(self) -> int:
@@ -115,6 +132,8 @@ class SpatialConditionTask(ImageDataTask):
         from condiff.pipelines.spatial_conditions import drop_condition
 
         a, images, labels = self.args, batch["images"], batch["labels"]
+        if a.canvas_fraction:
+            images, labels = compose_canvas_crops(images, labels, a.canvas_fraction, a.layout_cell, generator)
         cond, inputs = self.condition(images, labels, generator)
         cond = drop_condition(cond, a.p_uncond, generator)
         if a.class_labels:
@@ -135,6 +154,11 @@ class SpatialConditionTask(ImageDataTask):
         common = {"id2label": dict(enumerate(self.data.label_names)), "micro_batch_size": MICRO_BATCH_SIZE}
         if a.condition == "layout":
             return SemanticLayoutPipeline(modules.unet, scheduler, layout_cell=a.layout_cell, **common)
+        if a.input_classifier is not None:
+            from condiff.evaluator import MnistClassifier
+
+            common["classifier"] = MnistClassifier.from_pretrained(a.input_classifier).eval()
+            common["classifier_resolution"] = input_classifier_resolution(a.input_classifier)
         return SuperResolutionPipeline(modules.unet, scheduler, max_noise_level=a.max_noise_level, **common)
 
     def sample_grid(self, modules: Modules, path: Path):
@@ -163,6 +187,7 @@ class SpatialConditionTask(ImageDataTask):
         stage_pipeline_code(folder, "semantic_layout.py" if a.condition == "layout" else "super_resolution.py")
         self.sample_grid(modules, folder / "samples" / "final.png")
         layout = a.condition == "layout"
+        hint = None if a.input_classifier is None else input_classifier_resolution(a.input_classifier)
         fields = {
             "sample_grid": "samples/final.png",
             "inference_steps": a.validation_inference_steps,
@@ -172,6 +197,8 @@ class SpatialConditionTask(ImageDataTask):
             "low_resolutions": ", ".join(f"{s}x{s}" for s in a.low_resolutions),
             "max_noise_level": a.max_noise_level,
             "layout_cell": a.layout_cell,
+            "canvas_fraction": a.canvas_fraction,
+            "input_classifier": "none" if hint is None else f"{hint}x{hint} inputs",
             "prediction_type": a.prediction_type,
             "noise_schedule": a.noise_schedule,
             "sampler": type(pipe.scheduler).__name__,
@@ -181,3 +208,44 @@ class SpatialConditionTask(ImageDataTask):
         template = "semantic_layout.md" if layout else "super_resolution.md"
         tags = ["semantic-layout" if layout else "super-resolution", "classifier-free-guidance"]
         return Export(template, fields, tags, pipeline_tag="image-to-image")
+
+
+def input_classifier_resolution(folder: Path) -> int:
+    """The input size an evaluator folder's classifier was trained on (its metrics.json), checked before training."""
+    import json
+
+    metrics = Path(folder) / "metrics.json"
+    if not (Path(folder) / "config.json").is_file() or not metrics.is_file():
+        raise ValueError(f"--input_classifier {folder} is not a trained evaluator folder (config.json, metrics.json)")
+    size = json.loads(metrics.read_text()).get("input_resolution")
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"--input_classifier {folder}: its metrics.json records no input_resolution")
+    return size
+
+
+def compose_canvas_crops(images, labels, fraction: float, cell: int, generator, p_empty: float = 0.25):
+    """Replace each row, with probability `fraction`, by an image-sized crop of a 2x2 canvas of the batch's digits
+    (each slot empty with probability `p_empty`) at an offset that is a multiple of `cell`, so the layout's cells
+    stay within one slot. Returns (images, (N, H, W) per-pixel class ids for `layout_map`). A fully convolutional
+    layout model trained on single centred digits learns that digits sit in the middle of the frame; crops teach it
+    digits at any place, cut by the border or next to others, as they are on larger canvases."""
+    import torch
+
+    n, channels, h, w = images.shape
+    device = images.device
+    pixel_labels = labels.long().view(-1, 1, 1).expand(n, h, w).clone()
+    rows = (torch.rand(n, generator=generator, device=device) < fraction).nonzero().flatten().tolist()
+    picks = torch.randint(0, n, (len(rows), 4), generator=generator, device=device).tolist()
+    empty = (torch.rand(len(rows), 4, generator=generator, device=device) < p_empty).tolist()
+    offsets = (torch.randint(0, h // cell + 1, (len(rows), 2), generator=generator, device=device) * cell).tolist()
+    composed = images.clone()
+    for row, slots, blank, (dy, dx) in zip(rows, picks, empty, offsets):
+        canvas = images.new_full((channels, 2 * h, 2 * w), -1.0)
+        canvas_labels = torch.zeros(2 * h, 2 * w, dtype=torch.long, device=device)
+        for slot, (pick, is_empty) in enumerate(zip(slots, blank)):
+            r, c = divmod(slot, 2)
+            if not is_empty:
+                canvas[:, r * h : (r + 1) * h, c * w : (c + 1) * w] = images[pick]
+            canvas_labels[r * h : (r + 1) * h, c * w : (c + 1) * w] = labels[pick]
+        composed[row], pixel_labels[row] = canvas[:, dy : dy + h, dx : dx + w], canvas_labels[dy : dy + h, dx : dx + w]
+    return composed, pixel_labels

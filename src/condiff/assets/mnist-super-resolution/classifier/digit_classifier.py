@@ -1,0 +1,1 @@
+../../../../../pipelines/digit_classifier.py

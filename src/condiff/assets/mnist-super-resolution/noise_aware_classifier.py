@@ -1,0 +1,1 @@
+../../../../pipelines/noise_aware_classifier.py
