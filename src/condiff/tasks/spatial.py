@@ -157,7 +157,7 @@ class SpatialConditionTask(ImageDataTask):
         if a.input_classifier is not None:
             from condiff.evaluator import MnistClassifier
 
-            common["classifier"] = MnistClassifier.from_pretrained(a.input_classifier).eval()
+            common["classifier"] = MnistClassifier.from_pretrained(a.input_classifier, use_safetensors=True).eval()
             common["classifier_resolution"] = input_classifier_resolution(a.input_classifier)
         return SuperResolutionPipeline(modules.unet, scheduler, max_noise_level=a.max_noise_level, **common)
 
