@@ -124,9 +124,9 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     source = f"--pipeline {args.pipeline}" if args.pipeline else "--prompt (a text-to-image model)"
     args.pipeline = folder_pipeline(args.model, requested, source)
     guidance = guidance_kwargs(args)
-    label = getattr(args, "label", None)
-    if label is not None and not (args.pipeline == "super-resolution" and label.strip().lower() == "auto"):
-        check_labels(parse_label(label), label_space(args.model, args.pipeline))
+    label = parse_label(getattr(args, "label", None))
+    if label is not None and not (label == "auto" and args.pipeline == "super-resolution"):
+        check_labels(label, label_space(args.model, args.pipeline))
     if getattr(args, "attributes", 0) and args.pipeline != "latent":
         raise ValueError(f"--attributes needs a text-to-image model (--pipeline latent), not {args.pipeline}")
     for module in PIPELINE_MODULES.get(args.pipeline, ()):
@@ -152,8 +152,7 @@ def generate(args: argparse.Namespace) -> Path:
     kwargs = {} if args.steps is None else {"num_inference_steps": args.steps}
     generator = torch.Generator().manual_seed(args.seed)
     if args.pipeline in SPATIAL_PIPELINES:
-        auto = args.label is not None and args.label.strip().lower() == "auto"
-        label, num_labels = "auto" if auto else parse_label(args.label), 1
+        label, num_labels = parse_label(args.label), 1
         kwargs |= {} if args.noise_level is None else {"noise_level": args.noise_level}
         kwargs |= {"image": read_condition_image(args.image, args.pipeline), "label": label}
         images = pipe(num_images_per_prompt=args.num_images, generator=generator, **guidance, **kwargs).images

@@ -13,9 +13,12 @@ from condiff.options import SPATIAL_PIPELINES
 
 
 def parse_label(text: str | None) -> int | str | list[int | str] | None:
-    """--label text -> the pipeline's `label`: None (unconditional), one id or name, or a list of them."""
+    """--label text -> the pipeline's `label`: None (unconditional), "auto" (super-resolution's class hint from its
+    classifier), one id or name, or a list of them."""
     if text is None or text.lower() in ("none", "uncond", "unconditional"):
         return None
+    if text.strip().lower() == "auto":
+        return "auto"
     parts = [p.strip() for p in text.split(",") if p.strip()]
     values = [int(p) if p.lstrip("-").isdigit() else p for p in parts]
     return values[0] if len(values) == 1 else values
