@@ -15,20 +15,28 @@ Pair = tuple[torch.Tensor, torch.Tensor]
 
 
 def step_callback(
-    pipe: Any, callback: Any, step: int, t: Any, latents: torch.Tensor, names: Any, condition: Pair | None = None
+    pipe: Any,
+    callback: Any,
+    step: int,
+    t: Any,
+    latents: torch.Tensor,
+    names: Any,
+    condition: Pair | None = None,
+    denoised: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Pair | None]:
     """diffusers' `callback_on_step_end` protocol; returns (latents, condition), each replaced if the callback hands
     one back.
 
     `condition` is the (null/negative, conditional) pair of N rows each; a callback asking for "prompt_embeds" gets
     them concatenated as [negative; positive] (2N rows), the way Stable Diffusion pipelines pass them under CFG, and
-    "negative_prompt_embeds" the negative half. A callback that sets `pipe._guidance_scale = 0.0` during a call whose
+    "negative_prompt_embeds" the negative half; "denoised" is the step's estimate of x0 (`guidance.step_denoised`,
+    read-only: handing it back changes nothing). A callback that sets `pipe._guidance_scale = 0.0` during a call whose
     scale was not 0 means what diffusers' CFG cut-off callbacks mean by it, "guidance off": the conditional
     prediction alone from the next step, stored as scale 1 (a call's `guidance_scale=0` argument stays unconditional).
     """
     if callback is None:
         return latents, condition
-    available = {"latents": latents}
+    available = {"latents": latents, "denoised": denoised}
     if condition is not None and "prompt_embeds" in names:
         available["prompt_embeds"] = torch.cat(condition)
     if condition is not None and "negative_prompt_embeds" in names:

@@ -70,7 +70,7 @@ class ClassConditionalDDPMPipeline(CondiffPipeline):
 
     model_cpu_offload_seq = "unet->guide_unet"
     _optional_components = ["guide_unet"]
-    _callback_tensor_inputs = ["latents", "prompt_embeds"]
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "denoised"]
 
     def __init__(
         self,
@@ -207,7 +207,8 @@ class ClassConditionalDDPMPipeline(CondiffPipeline):
                 1 = the labels), and may set `pipe._guidance_scale` (0.0 = guidance off: conditional only, as in
                 diffusers) or `pipe._interrupt`. A diffusers `PipelineCallback` (e.g. `SDCFGCutoffCallback`) or
                 `MultiPipelineCallbacks` brings its own `tensor_inputs`.
-            callback_on_step_end_tensor_inputs: tensors passed to the callback ("latents", "prompt_embeds").
+            callback_on_step_end_tensor_inputs: tensors passed to the callback ("latents", "prompt_embeds",
+                "denoised": the step's estimate of x0, for previews).
             num_images_per_prompt: diffusers' name, accepted as an alias of `num_images_per_label`; giving both with
                 different values is an error, unless `num_images_per_label` is left at 1.
             guidance: "cfg", "autoguidance" (needs `guide_unet`), "gated_cfg" (CFG only for the images that need it:

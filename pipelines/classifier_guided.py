@@ -64,7 +64,7 @@ class ClassifierGuidedPipeline(ClassifierComponent, CondiffPipeline):
 
     model_cpu_offload_seq = "unet->classifier"
     _optional_components = ["classifier"]
-    _callback_tensor_inputs = ["latents", "prompt_embeds"]
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "denoised"]
 
     def __init__(
         self,

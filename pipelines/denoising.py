@@ -21,7 +21,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from .callbacks import Pair, step_callback
 from .checks import check_callback_inputs, check_finite_state, check_output_type, check_positive_int, short_repr
 from .diffusers_guiders import diffusers_guidance, is_diffusers_guider
-from .guidance import check_guidance_arguments, concat_conditions, resolve_default_guidance_scale
+from .guidance import check_guidance_arguments, concat_conditions, resolve_default_guidance_scale, step_denoised
 from .guiders import Autoguidance, ClassifierFreeGuidance, GatedClassifierFreeGuidance, Guidance, Step
 from .labels import normalize_id2label
 from .outputs import CondiffPipelineOutput, to_output_type
@@ -209,6 +209,7 @@ class CondiffPipeline(DiffusionPipeline):
         """The sampling loop; returns (final latents, network rows evaluated, a guiding model's rows included)."""
         step_kwargs = scheduler_step_kwargs(self.scheduler, generator)
         timesteps, rows = self.scheduler.timesteps, [0]
+        wants_denoised = "denoised" in tensor_inputs  # computed only for a callback that asks for it
         for i, t in enumerate(self.progress_bar(timesteps)):
             if self.interrupt:
                 continue
@@ -218,10 +219,12 @@ class CondiffPipeline(DiffusionPipeline):
             scale = guidance.network_scale(step)
             evaluate = functools.partial(self._evaluate, t=t, conditions=conditions, scale=scale, rows=rows)
             prediction = guidance.predict(step, evaluate)
+            denoised = step_denoised(self.scheduler, model_input, prediction, t) if wants_denoised else None
             latents = self.scheduler.step(prediction, t, latents, **step_kwargs).prev_sample
             latents = guidance.after_step(step, latents)
             check_finite_state(latents, i, len(timesteps), t, self.scheduler)
-            latents, pair = step_callback(self, callback, i, t, latents, tensor_inputs, self._callback_pair(conditions))
+            pair = self._callback_pair(conditions)
+            latents, pair = step_callback(self, callback, i, t, latents, tensor_inputs, pair, denoised)
             conditions = self._with_callback_pair(conditions, pair)
         return latents, rows[0]
 

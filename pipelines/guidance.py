@@ -247,6 +247,15 @@ def predicted_original(
     raise ValueError(f"prediction_type must be epsilon, v_prediction or sample, got {prediction_type!r}")
 
 
+def step_denoised(scheduler: Any, model_input: torch.Tensor, prediction: torch.Tensor, timestep: Any) -> torch.Tensor:
+    """The denoised estimate x0 of a sampling step: Tweedie's x0 from the step's (guided) network prediction, on
+    x_t after `scale_model_input` (the variance-preserving x_t for every scheduler with `alphas_cumprod`, Euler's
+    included), in the state's dtype. What `callback_on_step_end` gets as "denoised" (diffusers' LCM name)."""
+    abar = alpha_prod_at(scheduler, timestep)
+    x0 = predicted_original(model_input.float(), prediction.float(), abar, scheduler.config.prediction_type)
+    return x0.to(model_input.dtype)
+
+
 def predicted_noise(
     sample: torch.Tensor, prediction: torch.Tensor, alpha_prod_t: torch.Tensor | float, prediction_type: str
 ) -> torch.Tensor:

@@ -58,7 +58,7 @@ class LatentCFGPipeline(PromptConditionsMixin, CondiffPipeline):
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
     _optional_components = list(TEXT_COMPONENTS)
-    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "denoised"]
 
     def __init__(
         self,
@@ -196,7 +196,7 @@ class LatentCFGPipeline(PromptConditionsMixin, CondiffPipeline):
                 or `pipe._guidance_scale` (0.0 = guidance off, the prompt alone, as diffusers' `SDCFGCutoffCallback`
                 means it, which works unchanged; a call's `guidance_scale=0` is the negative branch alone).
             callback_on_step_end_tensor_inputs: tensors passed to the callback: "latents", "prompt_embeds",
-                "negative_prompt_embeds" (N rows).
+                "negative_prompt_embeds" (N rows), "denoised" (the step's estimate of x0, in latent space).
             cross_attention_kwargs: passed to the UNet's attention processors (e.g. `{"scale": 0.5}` for a LoRA).
             guidance: "cfg" (default), a condiff `Guidance` object (`guiders.py`) or a diffusers guider
                 (`diffusers.guiders.*`, which brings its own scale; PAG and other attention-perturbing guiders need

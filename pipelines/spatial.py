@@ -40,7 +40,7 @@ class SpatialConditionPipeline(CondiffPipeline):
     """Base of the pipelines whose condition is an image-shaped tensor concatenated to the UNet's input."""
 
     model_cpu_offload_seq = "unet"
-    _callback_tensor_inputs = ["latents"]
+    _callback_tensor_inputs = ["latents", "denoised"]
 
     def _register_spatial(
         self, unet: UNet2DConditionModel, scheduler: SchedulerMixin, id2label: Any, steps: int,

