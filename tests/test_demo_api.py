@@ -23,6 +23,7 @@ def client():
 
     from condiff.demo.app import build_app, serve
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -31,6 +32,7 @@ def client():
     url = serve(app, "127.0.0.1", port, block=False)
     yield gradio_client.Client(url, verbose=False)
     app.close()
+    torch.set_num_threads(threads)  # later modules compare against subprocesses at the default count
 
 
 def test_generate_streams_previews_then_the_grid_and_strip(client):
@@ -90,3 +92,15 @@ def test_compare_same_noise_side_by_side(client):
     assert steps == [14, 14] and nfe[0] == 14 and 14 < nfe[1] <= 28  # w = 1: one branch; gated CFG on its interval
     assert all(s > 0 for s in speed)
     assert Image.open(a).size == Image.open(b).size == (2 * 28 * 4, 28 * 4)
+
+
+def test_requests_from_several_tabs_queue_and_all_finish(client):
+    """Three clients (three browser tabs: separate sessions) submit at once; the queue runs them one at a time and
+    each gets its own images (different seeds: different grids)."""
+    clients = [client] + [gradio_client.Client(client.src, verbose=False) for _ in range(2)]
+    jobs = [c.submit("seven", "cfg", 1.0, 4, MODEL, seed, 1, api_name="/class_conditional") for seed, c in
+            enumerate(clients)]  # fmt: skip
+    results = [job.result(timeout=180) for job in jobs]
+    grids = [list(Image.open(result[1]).convert("L").getdata()) for result in results]
+    assert all(re.search(r"1 images? in .* 4 steps", result[3]) for result in results), [r[3] for r in results]
+    assert grids[0] != grids[1] != grids[2]

@@ -50,6 +50,7 @@ def page_url():
     from condiff.demo.app import build_app, serve
     from condiff.demo.models import Models
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     models = Models()
     models.warm("class-conditional")  # as `condiff demo` does before serving
@@ -57,6 +58,7 @@ def page_url():
     url = serve(app, "127.0.0.1", free_port(), block=False)  # uvicorn in a thread of this process
     yield url
     app.close()
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

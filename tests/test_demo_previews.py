@@ -20,10 +20,12 @@ from condiff.loading import load_pipeline
 
 @pytest.fixture(scope="module")
 def shipped():
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     pipe = load_pipeline()
     pipe.set_progress_bar_config(disable=True)
-    return pipe
+    yield pipe
+    torch.set_num_threads(threads)  # later modules compare against subprocesses at the default count
 
 
 def pixels(image) -> np.ndarray:
@@ -137,7 +139,8 @@ def test_model_folders_go_to_their_views(tmp_path):
         view_for_folder(str(tmp_path))
     models = Models({"class-conditional": str(shipped_model_path("distilled"))})
     assert models.folder("class-conditional") == str(shipped_model_path("distilled"))
-    assert models.folder("fast") == str(shipped_model_path("distilled"))
+    assert models.folder("fast") == str(shipped_model_path("one-step"))  # the fast view's default: 1 NFE
+    assert view_for_folder(str(shipped_model_path("one-step"))) == "fast"
 
 
 def test_generate_steps_strip(tmp_path, capsys):

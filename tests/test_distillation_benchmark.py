@@ -47,6 +47,10 @@ def tiny_family(tmp_path_factory):
     ClassConditionalDDPMPipeline(unet=student, scheduler=ddim, default_num_inference_steps=3).save_pretrained(
         root / "pd3"
     )
+    ClassConditionalDDPMPipeline(
+        unet=student, scheduler=ddim, default_num_inference_steps=1, default_guidance_scale=1.25,
+        guidance_scale_range=(1.0, 2.0),
+    ).save_pretrained(root / "one-step")  # fmt: skip
     return root
 
 
@@ -65,6 +69,7 @@ def test_distillation_benchmark_end_to_end(tiny_family, tmp_path):
     out = tmp_path / "res"
     argv = ["--teacher", str(tiny_family / "teacher"), "--guided", str(tiny_family / "guided"),
             "--lcm", str(tiny_family / "lcm"), "--progressive", str(tiny_family / "pd3"), "--device", "cpu",
+            "--one-step", str(tiny_family / "one-step"),
             "--out-dir", str(out), "--quick", "--few-step-guidance-scale", "1.5"]  # fmt: skip
     assert distillation_main(argv) == 0
     report = json.loads((out / "distillation.json").read_text())
@@ -72,19 +77,21 @@ def test_distillation_benchmark_end_to_end(tiny_family, tmp_path):
     assert [r["model"] for r in rows] == [
         "teacher, textbook sampler", "teacher", "teacher", "teacher, default path", "guidance-distilled, default path",
         "guidance-distilled", "guidance-distilled", "consistency-distilled", "consistency-distilled",
-        "progressive-distilled", "progressive-distilled", "progressive-distilled",
+        "progressive-distilled", "progressive-distilled", "progressive-distilled", "one-step (one-step)",
     ]  # fmt: skip
     # teacher default: 5 steps, 2 guided; the guided student's: 5 steps, one branch; the progressive stage: its curve
     # (1, 2) and its own 3 steps
-    assert [r["nfe_per_image"] for r in rows] == [60.0, 1.0, 2.0, 7.0, 5.0, 1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 3.0]
+    assert [r["nfe_per_image"] for r in rows] == [60.0, 1.0, 2.0, 7.0, 5.0, 1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 3.0, 1.0]
     assert rows[7]["sampler"] == "LCMScheduler" and rows[5]["sampler"] == "DPMSolverMultistepScheduler"
     assert {r["sampler"] for r in rows[9:]} == {"DDIMScheduler"}  # the last stage: the curve and its own 3 steps
-    # rows guided at every step use the few-step scale; the default paths and the textbook sampler the main one
-    assert [r["guidance_scale"] for r in rows[1:]] == [1.0, 1.5, 3.0, 3.0, 1.5, 1.5, 1.5, 1.5, 1.5, 1.5, 1.5]
+    # rows guided at every step use the few-step scale; the default paths and the textbook sampler the main one; the
+    # one-step generator its own default
+    assert [r["guidance_scale"] for r in rows[1:]] == [1.0, 1.5, 3.0, 3.0, 1.5, 1.5, 1.5, 1.5, 1.5, 1.5, 1.5, 1.25]
     assert rows[0]["speedup_vs_textbook"] == pytest.approx(1.0) and rows[3]["speedup_vs_default"] == pytest.approx(1.0)
     for r in rows[1:]:
         assert r["num_scored"] == 20 and 0 <= r["accuracy"] <= 1 and r["speedup_vs_textbook"] > 1
     assert "fastest_meeting_targets" in report["headline"]  # random weights: None is the honest answer
+    assert "fastest_meeting_targets" in report["one_nfe_headline"]
     assert "Textbook sampler" in (out / "distillation.md").read_text()
     assert Image.open(out / "distillation.png").size[0] > 100
 
@@ -109,3 +116,17 @@ def test_condiff_generate_runs_a_consistency_student_folder(tiny_family, tmp_pat
     out = tmp_path / "g.png"
     assert main(["generate", "--model", str(tiny_family / "lcm"), "--label", "3", "--out", str(out), "--quiet"]) == 0
     assert Image.open(out).size[0] >= 28
+
+
+def test_the_one_evaluation_headline_takes_only_one_nfe_rows_meeting_issue_23s_targets():
+    from lib.distillation_benchmark import headline
+
+    rows = [{"model": "textbook"}] + [
+        {"model": m, "sampler": "S", "num_inference_steps": n, "nfe_per_image": float(n), "accuracy": a,
+         "fd_ratio_matched": fd, "images_per_second": ips, "speedup_vs_textbook": ips, "speedup_vs_default": 1.0}
+        for m, n, a, fd, ips in (("two", 2, 0.999, 1.2, 150.0), ("one-blurry", 1, 0.999, 1.7, 300.0),
+                                 ("one-good", 1, 0.996, 1.45, 290.0), ("one-wrong", 1, 0.99, 1.1, 310.0))
+    ]  # fmt: skip
+    assert headline(rows)["fastest_meeting_targets"] == "one-wrong, S 1 steps"  # issue 10's 0.99 / 2x
+    assert headline(rows, 0.995, 1.5, 1)["fastest_meeting_targets"] == "one-good, S 1 steps"
+    assert headline(rows, 0.9999, 1.5, 1) == {"fastest_meeting_targets": None}

@@ -27,6 +27,7 @@ SHIPPED_MODELS = {
     "classifier-guided": "mnist-classifier-guided",
     "latent": "mnist-latent-text",
     "distilled": "mnist-cfg-distilled",
+    "one-step": "mnist-cfg-one-step",
     "super-resolution": "mnist-super-resolution",
     "layout": "mnist-layout",
 }
@@ -36,7 +37,8 @@ def shipped_model_path(pipeline: str = "class-conditional") -> Path:
     """Folder of a pipeline that ships with condiff (no download needed): the class-conditional MNIST model (CFG),
     with `pipeline="classifier-guided"` the unconditional MNIST model with its noise-aware classifier, with
     `pipeline="latent"` the text-to-image latent diffusion model, with `pipeline="distilled"` the class-conditional
-    model's step-distilled student (2 steps, one network evaluation each), with `pipeline="super-resolution"` the
+    model's step-distilled student (2 steps, one network evaluation each), with `pipeline="one-step"` its one-step
+    generator (distribution matching: one network evaluation per image), with `pipeline="super-resolution"` the
     MNIST super-resolution model (7x7 or 14x14 -> 28x28) and with `pipeline="layout"` the layout-map model."""
     if pipeline not in SHIPPED_MODELS:
         raise ValueError(f"pipeline must be one of {sorted(SHIPPED_MODELS)}, got {pipeline!r}")

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from condiff import __version__
-from condiff.argtypes import check_output_file, existing_file, float_in, int_in
+from condiff.argtypes import check_output_file, existing_file, int_in
+from condiff.cli_arguments import add_model_arguments
 from condiff.cli_inputs import check_labels, check_spatial_arguments, parse_label, read_condition_image
 from condiff.demo.command import add_demo_parser, write_steps_strip
 from condiff.demo.previews import image_grid
@@ -27,10 +28,9 @@ from condiff.evaluation.cli_args import add_sweep_arguments
 from condiff.loading import folder_pipeline, label_space
 from condiff.options import (
     EXTRAS,
+    FAST_MODEL,
     IMAGE_SUFFIXES,
     PIPELINE_MODULES,
-    PIPELINES,
-    SAMPLERS,
     SPATIAL_PIPELINES,
     missing_module_message,
 )
@@ -109,11 +109,25 @@ def guidance_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 CG_ONLY = {"--classifier-scale": "classifier_scale", "--guidance-method": "guidance_method"}
 
 
+def use_fast_model(args: argparse.Namespace, prompt: str | None) -> None:
+    """--fast: the shipped one-step generator as --model; refused beside another model or pipeline kind."""
+    from condiff import shipped_model_path
+
+    if args.model is not None:
+        raise ValueError(f"--fast picks the shipped one-step model; drop it or --model {args.model!r}")
+    if prompt is not None or args.pipeline not in (None, "class-conditional"):
+        given = "--prompt" if prompt is not None else f"--pipeline {args.pipeline}"
+        raise ValueError(f"--fast is a class-conditional model; it does not go with {given}")
+    args.model = str(shipped_model_path(FAST_MODEL))
+
+
 def prepare(args: argparse.Namespace) -> dict[str, Any]:
     """Every check that needs no model, in one place before loading: the pipeline kind (--model's model_index.json,
     --pipeline, --prompt; contradictions refused), options of other kinds, --label against the folder's classes,
     optional modules (a missing one named with its extra). Returns the pipeline's guidance arguments."""
     prompt = getattr(args, "prompt", None)
+    if args.fast:
+        use_fast_model(args, prompt)
     requested = args.pipeline or ("latent" if prompt else None)
     source = f"--pipeline {args.pipeline}" if args.pipeline else "--prompt (a text-to-image model)"
     args.pipeline = folder_pipeline(args.model, requested, source)
@@ -221,65 +235,6 @@ FORWARDED: dict[str, Callable[[list[str]], int]] = {
     "train": train,
     "assemble-classifier-guided": assemble_classifier_guided,
 }
-
-
-def add_model_arguments(s: argparse.ArgumentParser) -> None:
-    """Options shared by generate and evaluate."""
-    s.add_argument(
-        "--pipeline",
-        choices=PIPELINES,
-        default=None,
-        help="class-conditional (CFG), classifier-guided (an unconditional model steered by a classifier), latent "
-        "(text-to-image latent diffusion), super-resolution or layout (generate only, from --image); default: latent "
-        "with --prompt, else class-conditional",
-    )
-    s.add_argument(
-        "--model", default=None, help="saved pipeline folder or Hub id (default: the shipped MNIST model of --pipeline)"
-    )
-    s.add_argument("--scheduler", choices=sorted(SAMPLERS), default=None, help="sampler (default: the model's own)")
-    s.add_argument(
-        "--steps", type=int_in(1, 10_000), default=None, help="inference steps (default: the model's own, 14 shipped)"
-    )
-    s.add_argument(
-        "--guidance",
-        choices=("cfg", "autoguidance", "gated_cfg"),
-        default=None,
-        help="cfg (classifier-free guidance), autoguidance (the model guided by its smaller guide_unet; Karras et "
-        "al. 2024) or gated_cfg (CFG only for the images whose condition still pulls hard; needs the model's gate "
-        "curve); default: the model's own",
-    )
-    s.add_argument(
-        "--guidance-interval",
-        nargs=2,
-        type=float_in(0.0, 1.0),
-        default=None,
-        metavar=("LO", "HI"),
-        help="fractions of the noise range where guidance applies, e.g. 0.3 0.6 (default: the model's own; 0.45 0.75 "
-        "for the shipped model)",
-    )
-    s.add_argument(
-        "--guidance-scale",
-        type=float_in(0.0),
-        default=None,
-        help="guidance scale w: CFG 0 unconditional, 1 conditional, > 1 guided; autoguidance 1 = the model alone "
-        "(default: the model's own, 2.5 for the shipped model; for classifier-guided only with a class-conditional "
-        "UNet)",
-    )
-    s.add_argument(
-        "--classifier-scale",
-        type=float_in(0.0),
-        default=None,
-        help="classifier guidance scale s (classifier-guided; default: the model's own)",
-    )
-    s.add_argument(
-        "--guidance-method",
-        choices=("mean_shift", "score"),
-        default=None,
-        help="classifier-guided: mean_shift (DDPM) or score (any sampler); default: by the sampler",
-    )
-    s.add_argument("--seed", type=int_in(0, 2**64 - 1), default=0, help="random seed")
-    s.add_argument("--overwrite", action="store_true", help="replace an existing --out file (without it: refuse)")
-    s.add_argument("--quiet", action="store_true", help="no progress bars or diffusers log messages")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,6 +23,7 @@ PIPELINE_CLASSES = {
     "layout": "SemanticLayoutPipeline",
 }
 PIPELINES = tuple(PIPELINE_CLASSES)
+FAST_MODEL = "one-step"  # the shipped model of `condiff generate --fast` and the demo's fast view
 SPATIAL_PIPELINES = ("super-resolution", "layout")  # conditioned by an image (`--image`)
 PIPELINE_KINDS = {name: kind for kind, name in PIPELINE_CLASSES.items()}  # model_index.json's `_class_name` -> kind
 # Optional modules -> the extra that installs them (`pip install "condiff[text]"`), and the modules each kind needs.

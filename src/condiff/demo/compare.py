@@ -35,7 +35,7 @@ PAIRS: dict[str, tuple[Setting, Setting]] = {
     ),
     "teacher vs student": (
         Setting("teacher: class-conditional model, its defaults", "class-conditional", {}),
-        Setting("student: the step-distilled model", "fast", {}),
+        Setting("student: the distilled fast model", "fast", {}),
     ),
     "no guidance vs guidance": (
         Setting("w = 1: the conditional model alone", "class-conditional", {"guidance_scale": 1.0, "guidance": "cfg"}),

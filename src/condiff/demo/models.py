@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from condiff.loading import folder_pipeline, read_folder_json
+from condiff.options import FAST_MODEL
 
-# view -> (pipeline kind that loads it, key of `condiff.shipped_model_path`). The fast view's model is named here only.
-FAST_MODEL = "distilled"
+# view -> (pipeline kind that loads it, key of `condiff.shipped_model_path`).
 VIEWS: dict[str, tuple[str, str]] = {
     "class-conditional": ("class-conditional", "class-conditional"),
     "classifier-guided": ("classifier-guided", "classifier-guided"),

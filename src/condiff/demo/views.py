@@ -128,7 +128,7 @@ def text_view(models: Models, stops: Stops) -> None:
 def fast_view(models: Models, stops: Stops) -> None:
     config = models.config("fast")
     lo, hi = config.get("guidance_scale_range") or (1.0, 3.0)
-    gr.Markdown(f"A step-distilled student of the class-conditional model: {config.get('default_num_inference_steps')}"
+    gr.Markdown(f"A distilled student of the class-conditional model: {config.get('default_num_inference_steps')}"
                 " step(s), one network evaluation each; the guidance scale is an input of its network.")  # fmt: skip
     with gr.Row():
         label = label_box(config)

@@ -1,0 +1,1 @@
+../../../../pipelines/diffusers_guiders.py

@@ -1,0 +1,1 @@
+../../../../pipelines/saved_folder.py
