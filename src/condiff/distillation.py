@@ -121,9 +121,11 @@ def consistency_output(lcm_scheduler, sample: torch.Tensor, prediction: torch.Te
     return c_skip.view(view) * sample + c_out.view(view) * x0
 
 
-def ddim_step(sample, prediction, abar_from, abar_to, prediction_type: str) -> torch.Tensor:
-    """One deterministic DDIM step a' x0_hat + b' eps_hat from noise level `abar_from` to `abar_to` (per row)."""
+def ddim_step(sample, prediction, abar_from, abar_to, prediction_type: str, clip: bool = False) -> torch.Tensor:
+    """One deterministic DDIM step a' x0_hat + b' eps_hat from noise level `abar_from` to `abar_to` (per row);
+    `clip` clips x0_hat to [-1, 1] as `DDIMScheduler(clip_sample=True)` does (eps_hat from the unclipped output)."""
     x0 = predicted_original(sample, prediction, abar_from, prediction_type)
+    x0 = x0.clamp(-1, 1) if clip else x0
     eps = predicted_noise(sample, prediction, abar_from, prediction_type)
     return abar_to.sqrt() * x0 + (1 - abar_to).sqrt() * eps
 

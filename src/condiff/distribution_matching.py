@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from condiff.diffusion import diffusion_target, drop_labels
-from condiff.distillation import draw_guidance_scales, embedded_prediction, guided_teacher_prediction
+from condiff.distillation import ddim_step, draw_guidance_scales, embedded_prediction, guided_teacher_prediction
 from condiff.pipelines.checks import unet_sample_size
-from condiff.pipelines.guidance import predicted_noise, predicted_original
+from condiff.pipelines.guidance import predicted_original
 
 
 def is_generator_turn(step: int, fake_warmup_steps: int, fake_updates_per_generator_update: int) -> bool:
@@ -57,8 +57,7 @@ def few_step_sample(net, scheduler, noise: torch.Tensor, labels: torch.Tensor, w
         start = torch.full((noise.shape[0],), index * stride - 1, device=noise.device)
         prediction = embedded_prediction(net, sample.to(noise.dtype), start, labels, w).float()
         a_from, a_to = abar[index * stride].view(-1, 1, 1, 1), abar[(index - 1) * stride].view(-1, 1, 1, 1)
-        original = predicted_original(sample, prediction, a_from, kind).clamp(-1, 1)
-        sample = a_to.sqrt() * original + (1 - a_to).sqrt() * predicted_noise(sample, prediction, a_from, kind)
+        sample = ddim_step(sample, prediction, a_from, a_to, kind, clip=True)
     return sample
 
 
@@ -97,9 +96,10 @@ def generator_loss(
     noisy = scheduler.add_noise(images, torch.randn(images.shape, generator=generator, device=images.device), t)
     abar = _abar(scheduler, t, noisy)
     with torch.no_grad():
-        real = guided_teacher_prediction(teacher, noisy.detach(), t, labels, null_class, w)
-        fake = embedded_prediction(fake_score, noisy.detach(), t, labels, w).float()
-        real, fake = (predicted_original(noisy.detach(), p, abar, kind) for p in (real, fake))
+        scored = noisy.detach()
+        real = guided_teacher_prediction(teacher, scored, t, labels, null_class, w)
+        fake = embedded_prediction(fake_score, scored, t, labels, w).float()
+        real, fake = (predicted_original(scored, p, abar, kind) for p in (real, fake))
     loss = distribution_matching_loss(images, real, fake)
     logs = {"dmd_loss": loss.item()}
     if head is not None and gan_weight > 0:
