@@ -191,7 +191,18 @@ def test_compute_benchmark_end_to_end(tiny_mnist_dir, tmp_path):
     assert training["flops_per_image_forward_backward"] > 2 * report["flops_per_forward"]
     for r in training["rows"]:
         assert len(r["seconds_short_long"]) == 1 and all(s > 0 for s in r["seconds_short_long"][0])
-    assert "## Training" in (out / "compute_efficiency.md").read_text()
+    breakdown = report["breakdown"]
+    assert breakdown["batch_size"] == 4 and breakdown["operators"]["kinds"][0]["share"] > 0
+    assert breakdown["operators"]["convolution_fraction_of_peak"] > 0
+    assert [r["name"] for r in breakdown["variants"]][-2:] == [
+        "UNet forwards alone, micro-batch 4, channels_last",
+        "UNet forwards alone, micro-batch 4, contiguous (NCHW)",
+    ]  # the quick run leaves torch.compile out
+    for r in breakdown["variants"]:
+        flops_per_second = r["images_per_second"] * r["nfe_per_image"] * report["flops_per_forward"]
+        assert r["fraction_of_peak"] == pytest.approx(flops_per_second / report["peak"]["flops_per_second"])
+    md = (out / "compute_efficiency.md").read_text()
+    assert "## Training" in md and "## Where the time goes at batch 4" in md
     _png(out / "compute_efficiency.png")
 
 

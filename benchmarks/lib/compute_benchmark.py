@@ -23,6 +23,7 @@ from lib.compute import (
     training_flops_per_image,
     unet_forward_flops,
 )
+from lib.compute_breakdown import conv_flops_share, op_time_shares, sampling_variants
 from lib.training_loops import parse_training_flags, training_throughput
 
 
@@ -45,21 +46,28 @@ def run_compute_benchmark(
     train_steps: tuple[int, int] | None = (10, 40),
     train_repeats: int = 3,
     bare_extras: bool = True,
+    breakdown_batch_size: int = 0,
+    compile_unet: bool = True,
     log: Log = print,
 ) -> dict[str, Any]:
     """FLOPs per UNet forward (batch 1), the fp32 matmul peak, achieved FLOP/s and fraction of peak while
     sampling (pipeline at each batch size, textbook sampler) and training, and the training throughput of
-    train_cfg.py vs the bare loop (`train_steps=None` skips training). Returns a JSON-able dict."""
+    train_cfg.py vs the bare loop (`train_steps=None` skips training; `textbook_batch_size=0` the textbook sampler);
+    with `breakdown_batch_size`, where a call at that batch spends its time (`compute_breakdown`). JSON-able."""
     device = pipeline_device(pipe)
     flops = unet_forward_flops(pipe.unet, 1)
     log(f"UNet forward: {flops / 1e6:.1f} MFLOP per image")
     peak = matmul_peak(matmul_size, matmul_reps, device)
     log(f"peak: {peak['flops_per_second'] / 1e9:.1f} GFLOP/s ({matmul_size}^3 fp32 matmul, best of {matmul_reps})")
     sampling = [sampling_throughput(pipe, b, guidance_scale, min_seconds) for b in sampling_batch_sizes]
-    sampling.append(textbook_throughput(pipe, textbook_batch_size, textbook_timed_steps, guidance_scale))
+    if textbook_batch_size:
+        sampling.append(textbook_throughput(pipe, textbook_batch_size, textbook_timed_steps, guidance_scale))
     for row in sampling:
         _with_fraction_of_peak(row, flops, "forwards_per_second", peak["flops_per_second"])
         log(f"sampling {row['name']}: {row['forwards_per_second']:.1f} forwards/s, {row['fraction_of_peak']:.1%} peak")
+    breakdown = None
+    if breakdown_batch_size:
+        breakdown = time_breakdown(pipe, breakdown_batch_size, guidance_scale, flops, peak, compile_unet, log)
     unet_keys = ("sample_size", "block_out_channels", "layers_per_block", "down_block_types")
     settings = {
         "sampling_batch_sizes": list(sampling_batch_sizes),
@@ -89,7 +97,24 @@ def run_compute_benchmark(
         "peak": peak,
         "sampling": sampling,
         "training": training,
+        "breakdown": breakdown,
     }
+
+
+def time_breakdown(pipe, batch_size: int, guidance_scale: float, flops: int, peak: dict, compile_unet: bool, log: Log):
+    """`compute_breakdown`'s operator times and throughput variants at `batch_size`, with fractions of `peak`."""
+    ops = op_time_shares(pipe, batch_size, guidance_scale)
+    conv_seconds = next((k["seconds"] for k in ops["kinds"] if k["kind"] == "convolution"), 0.0)
+    conv_flops = conv_flops_share(pipe.unet) * flops * ops["nfe_per_image"] * batch_size
+    ops["convolution_fraction_of_peak"] = conv_flops / conv_seconds / peak["flops_per_second"] if conv_seconds else None
+    for k in ops["kinds"]:
+        log(f"{k['kind']}: {k['share']:.1%} of the profiled operator time")
+    variants = sampling_variants(pipe, batch_size, guidance_scale, compile_unet=compile_unet, log=log)
+    for row in variants:
+        row["nfe_per_image"] = ops["nfe_per_image"]
+        _with_fraction_of_peak(row, flops * ops["nfe_per_image"], "images_per_second", peak["flops_per_second"])
+        log(f"{row['name']}: {row['images_per_second']:.1f} img/s, {row['fraction_of_peak']:.1%} of peak")
+    return {"batch_size": batch_size, "operators": ops, "variants": variants}
 
 
 SAMPLING_COLUMNS = (
@@ -173,7 +198,41 @@ def compute_markdown(report: dict[str, Any]) -> str:
     ]
     if report.get("training"):
         lines += _training_markdown(report["training"])
+    if report.get("breakdown"):
+        lines += _breakdown_markdown(report["breakdown"])
     return "\n".join(lines)
+
+
+OPERATOR_COLUMNS = (("operators", "kind", ""), ("self seconds", "seconds", ".3f"), ("share", "percent", ".1f"))
+VARIANT_COLUMNS = (
+    ("call at the same batch", "name", ""),
+    ("img/s", "images_per_second", ".1f"),
+    ("GFLOP/s", "achieved_gflops", ".1f"),
+    ("% of peak", "percent_of_peak", ".1f"),
+    ("compile s (cold)", "compile_seconds", ".1f"),
+    ("pays after images", "pays_after_images", ",.0f"),
+)
+
+
+def _breakdown_markdown(b: dict[str, Any]) -> list[str]:
+    ops = b["operators"]
+    conv = ops.get("convolution_fraction_of_peak")
+    return [
+        f"## Where the time goes at batch {b['batch_size']}",
+        "",
+        f"One profiled pipeline call ({ops['nfe_per_image']:.0f} NFE per image; the profiler's own overhead included)."
+        + (
+            ""
+            if conv is None
+            else f" The convolutions run at **{conv:.0%} of the measured peak** during their own "
+            "time; the rest of the time goes to operators that do no counted FLOPs."
+        ),  # fmt: skip
+        "",
+        markdown_table([k | {"percent": 100 * k["share"]} for k in ops["kinds"]], OPERATOR_COLUMNS),
+        "",
+        markdown_table(_with_units(b["variants"]), VARIANT_COLUMNS),
+        "",
+    ]
 
 
 def plot_compute(report: dict[str, Any], path: str | Path) -> Path:
@@ -184,6 +243,9 @@ def plot_compute(report: dict[str, Any], path: str | Path) -> Path:
     training = report.get("training")
     if training:
         rows += [r | {"name": f"training: {r['name']}"} for r in _with_units(training["rows"])]
+    if report.get("breakdown"):
+        variants = _with_units(report["breakdown"]["variants"])
+        rows += [r | {"name": f"batch {r['batch_size']}: {r['name']}"} for r in variants]
     ax.barh([r["name"] for r in rows], [r["percent_of_peak"] or 0.0 for r in rows], color="tab:blue")
     ax.invert_yaxis()
     ax.set_xlabel(f"% of measured peak ({report['peak']['flops_per_second'] / 1e9:.1f} GFLOP/s)")
@@ -211,7 +273,7 @@ def build_parser(default_out_dir: str | Path = "benchmarks/results") -> argparse
     p.add_argument("--guidance-scale", type=float, default=3.0)
     p.add_argument("--sampling-batch-sizes", type=int_in(1), nargs="+", default=[1, 32, 250])
     p.add_argument("--min-seconds", type=float_in(0.0), default=5.0, help="time each sampling measurement this long")
-    p.add_argument("--textbook-batch-size", type=int_in(1), default=10)
+    p.add_argument("--textbook-batch-size", type=int_in(0), default=10, help="0: no textbook sampler row")
     p.add_argument("--textbook-timed-steps", type=int_in(1), default=20)
     p.add_argument("--matmul-size", type=int_in(1), default=2048)
     p.add_argument("--matmul-reps", type=int_in(1), default=5)
@@ -219,6 +281,13 @@ def build_parser(default_out_dir: str | Path = "benchmarks/results") -> argparse
     p.add_argument("--train-repeats", type=int_in(1), default=3, help="rounds of all loops; the median is reported")
     p.add_argument("--no-training", action="store_true", help="skip the training throughput measurement")
     p.add_argument("--no-bare-extras", action="store_true", help="skip the bare loop with EMA/clip/LR schedule")
+    p.add_argument(
+        "--breakdown-batch-size",
+        type=int_in(0),
+        default=250,
+        help="profile a call at this batch and time micro-batch sizes, layouts and torch.compile (0: skip)",
+    )
+    p.add_argument("--no-compile", action="store_true", help="leave torch.compile out of the breakdown")
     p.add_argument(
         "--train-args",
         default="",
@@ -236,6 +305,8 @@ QUICK = {
     "matmul_reps": 2,
     "train_steps": [2, 4],
     "train_repeats": 1,
+    "breakdown_batch_size": 4,
+    "no_compile": True,
 }
 QUICK_TRAIN_ARGV = ["--train_batch_size", "8", "--max_train_samples", "256"]
 
@@ -256,6 +327,7 @@ def main(argv: list[str] | None = None, default_out_dir: str | Path = "benchmark
             pipe, args.sampling_batch_sizes, args.guidance_scale, args.min_seconds, args.textbook_batch_size,
             args.textbook_timed_steps, args.matmul_size, args.matmul_reps, train_argv,
             None if args.no_training else tuple(args.train_steps), args.train_repeats, not args.no_bare_extras,
+            args.breakdown_batch_size, not args.no_compile,
         )  # fmt: skip
 
     return report_main(args, run, compute_markdown, plot_compute)
