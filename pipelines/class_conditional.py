@@ -20,6 +20,7 @@ from .checks import (
     resolve_num_images,
     unet_sample_size,
 )
+from .corrector import DEFAULT_CORRECTOR_SNR, check_corrector_arguments, corrector_for_call
 from .denoising import GUIDANCE_NAMES, CondiffPipeline, StepCallback
 from .guidance import check_default_guidance_scale, check_gate_curve, check_guidance_arguments
 from .guiders import EmbeddedGuidance
@@ -27,6 +28,7 @@ from .labels import LabelInput, ids_per_image, normalize_id2label, parse_labels
 from .locking import serialized_call
 from .networks import class_unet_forward, to_channels_last
 from .outputs import CondiffPipelineOutput
+from .variance import check_prediction_target, epsilon_output
 
 # isort: split
 # diffusers copies only the sibling files that a local custom-pipeline file imports itself (not their own imports):
@@ -63,6 +65,15 @@ class ClassConditionalDDPMPipeline(CondiffPipeline):
             `condiff.evaluation.fit_gate_curve`) and threshold for `guidance="gated_cfg"`.
         micro_batch_size (`int`, *optional*): the UNet runs on slices of at most this many rows (same results, faster
             on CPUs at large requests; `benchmarks/micro_batching.py` measures it). None: the whole batch at once.
+        prediction_target (`str`, *optional*): "mean" or "score" for a UNet that predicts the posterior mean
+            mu~(x_t, x0) or the score -eps / sqrt(1 - abar_t); its output is converted to epsilon after each forward,
+            so any scheduler with `prediction_type="epsilon"` samples it. None: the scheduler's own parametrisation.
+        default_corrector_steps, default_corrector_snr: the call's `corrector_steps` and `corrector_snr` when it
+            gives none (0: no corrector).
+
+    A UNet with twice the image's output channels predicts a variance too (Nichol & Dhariwal 2021): guidance combines
+    the predictions only; an ancestral `DDPMScheduler(variance_type="learned_range")` samples with the conditional
+    branch's variance, every other scheduler with its own.
 
     The callback tensor "prompt_embeds" holds the class ids [null; labels] (2N), the counterpart of Stable Diffusion's
     [negative; positive] embeddings, so diffusers' `SDCFGCutoffCallback` works unchanged.
@@ -88,6 +99,9 @@ class ClassConditionalDDPMPipeline(CondiffPipeline):
         autoguidance_cfg_interval: tuple | list = (0.0, 1.0),
         gated_cfg_curve: list | None = None,
         gated_cfg_threshold: float = 1.2,
+        prediction_target: str | None = None,
+        default_corrector_steps: int = 0,
+        default_corrector_snr: float = DEFAULT_CORRECTOR_SNR,
     ):
         super().__init__()
         if unet.config.num_class_embeds is None or unet.config.num_class_embeds < 2:
@@ -107,6 +121,8 @@ class ClassConditionalDDPMPipeline(CondiffPipeline):
         if micro_batch_size is not None:
             check_positive_int("micro_batch_size", micro_batch_size, MAX_IMAGES_PER_CALL)
         check_default_guidance_scale(default_guidance_scale, guidance_scale_range)
+        check_prediction_target(prediction_target, scheduler)
+        check_corrector_arguments(default_corrector_steps, default_corrector_snr, prefix="default_")
         self.register_to_config(
             id2label=normalize_id2label(id2label),
             default_num_inference_steps=default_num_inference_steps,
@@ -119,6 +135,9 @@ class ClassConditionalDDPMPipeline(CondiffPipeline):
             autoguidance_cfg_interval=[float(v) for v in autoguidance_cfg_interval],
             gated_cfg_curve=None if gated_cfg_curve is None else [[float(t), float(v)] for t, v in gated_cfg_curve],
             gated_cfg_threshold=float(gated_cfg_threshold),
+            prediction_target=prediction_target,
+            default_corrector_steps=int(default_corrector_steps),
+            default_corrector_snr=float(default_corrector_snr),
         )
 
     def _after_loading(self, kwargs: dict) -> None:
@@ -165,7 +184,9 @@ class ClassConditionalDDPMPipeline(CondiffPipeline):
         return method
 
     def _predict(self, network: Any, sample: torch.Tensor, labels: torch.Tensor, t: Any, scale: Any) -> torch.Tensor:
-        return class_unet_forward(network, sample, labels, t, scale, self.config.micro_batch_size)
+        output = class_unet_forward(network, sample, labels, t, scale, self.config.micro_batch_size)
+        target = self.config.get("prediction_target")
+        return epsilon_output(target, self.scheduler.alphas_cumprod, output, sample, t) if target else output
 
     @serialized_call  # schedulers are stateful: concurrent calls on one pipeline take turns (locking.py)
     @torch.inference_mode()
@@ -185,6 +206,8 @@ class ClassConditionalDDPMPipeline(CondiffPipeline):
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
         num_images_per_prompt: int | None = None,
         guidance: Any = None,
+        corrector_steps: int | None = None,
+        corrector_snr: float | None = None,
     ) -> CondiffPipelineOutput | tuple:
         r"""Generate images of the requested classes.
 
@@ -215,6 +238,11 @@ class ClassConditionalDDPMPipeline(CondiffPipeline):
                 `GatedClassifierFreeGuidance`; needs the config's gate curve), a condiff `Guidance` object or a
                 diffusers guider (`diffusers.guiders.ClassifierFreeGuidance`, `AdaptiveProjectedGuidance`, ...,
                 which brings its own scale). Default: the model's `default_guidance`.
+            corrector_steps: Langevin corrector steps (Song et al. 2021, predictor-corrector) at each timestep before
+                the scheduler's step, 0..100, each one guided prediction (counted in `nfe_per_image`). Default: the
+                model's `default_corrector_steps` (0: none).
+            corrector_snr: the corrector's signal-to-noise ratio r in (0, 1] (step size 2 alpha_t (r ||z|| / ||s||)^2
+                per image). Default: the model's `default_corrector_snr` (0.16).
 
         Examples:
         ```py
@@ -233,6 +261,8 @@ class ClassConditionalDDPMPipeline(CondiffPipeline):
             num_inference_steps, guidance_scale, guidance_interval, guidance_rescale, output_type,
             callback_on_step_end, callback_on_step_end_tensor_inputs)  # fmt: skip
         class_ids = self.check_inputs(label, num_images, steps, generator)
+        check_prediction_target(self.config.get("prediction_target"), self.scheduler)
+        corrector = corrector_for_call(corrector_steps, corrector_snr, self.config, self.scheduler)
         method = self.call_guidance(guidance, scale, guidance_rescale, interval, (guidance_scale, guidance_interval))
         unconditional = class_ids[0] == self.null_class and method.name in ("cfg", "embedded")
         self._guidance_scale = 0.0 if unconditional else getattr(method, "guidance_scale", scale)
@@ -242,7 +272,7 @@ class ClassConditionalDDPMPipeline(CondiffPipeline):
         conditions = {"cond": cond, "uncond": torch.full_like(cond, self.null_class)}
         shape = (len(class_ids), cfg.in_channels, *unet_sample_size(cfg))
         latents, rows = self._sample(
-            shape, steps, method, conditions, generator, latents, callback_on_step_end, tensor_inputs
+            shape, steps, method, conditions, generator, latents, callback_on_step_end, tensor_inputs, corrector
         )
         return self._output(latents, output_type, return_dict, rows, len(class_ids))
 

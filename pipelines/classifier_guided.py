@@ -23,6 +23,7 @@ from .classifiers import (
     classifier_guidance_method,
     is_noise_aware,
 )
+from .corrector import DEFAULT_CORRECTOR_SNR, check_corrector_arguments, corrector_for_call
 from .denoising import CondiffPipeline, StepCallback
 from .guidance import check_guidance_arguments
 from .guiders import ClassifierGuidance, Guidance
@@ -40,6 +41,7 @@ from .digit_classifier import MnistClassifier  # noqa: F401
 from .noise_aware_classifier import NoiseAwareClassifier  # noqa: F401
 from .saved_folder import check_saved_folder  # noqa: F401
 from .schedules import check_schedule  # noqa: F401
+from .variance import split_variance  # noqa: F401
 from .weights import refusing_unsafe_pickles  # noqa: F401
 
 logger = logging.get_logger(__name__)
@@ -50,13 +52,16 @@ class ClassifierGuidedPipeline(ClassifierComponent, CondiffPipeline):
 
     Parameters:
         unet ([`UNet2DModel`]): an unconditional denoiser, or a class-conditional one with `num_class_embeds = K + 1`
-            (class K the learned null class); then `guidance_scale` (CFG) and `classifier_scale` combine.
-        scheduler ([`SchedulerMixin`]): DDPM (ancestral: the mean shift), or DDIM, DPM-Solver++, UniPC, Euler, ...
-            (the score correction).
+            (class K the learned null class); then `guidance_scale` (CFG) and `classifier_scale` combine. With twice
+            the image's output channels it predicts a variance too (Nichol & Dhariwal 2021).
+        scheduler ([`SchedulerMixin`]): DDPM (ancestral: the mean shift by s Sigma g, Sigma the learned one with
+            `variance_type="learned_range"`), or DDIM, DPM-Solver++, UniPC, Euler, ... (the score correction).
         classifier (`ModelMixin`, *optional*): a noise-aware classifier `classifier(x_t, t) -> logits` whose config
             has `num_train_timesteps` (condiff's `NoiseAwareClassifier`), or a classifier of clean images
             `classifier(x0) -> logits` (e.g. condiff's MNIST evaluator): training-free guidance through the denoiser.
         id2label (`dict[int, str]`, *optional*): class names, so `label="three"` works.
+        default_corrector_steps, default_corrector_snr: the call's `corrector_steps` and `corrector_snr` when it
+            gives none (0: no corrector).
 
     `classifier_scale`, `guidance_scale`, `num_timesteps` and `interrupt` are properties backed by state the loop
     reads each step: a `callback_on_step_end` may set `pipe._classifier_scale` or `pipe._interrupt`.
@@ -76,18 +81,23 @@ class ClassifierGuidedPipeline(ClassifierComponent, CondiffPipeline):
         default_classifier_scale: float = 1.0,
         default_guidance_interval: tuple | list = (0.0, 1.0),
         default_guidance_scale: float = 1.0,
+        default_corrector_steps: int = 0,
+        default_corrector_snr: float = DEFAULT_CORRECTOR_SNR,
     ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, classifier=classifier)
         check_positive_int("default_num_inference_steps", default_num_inference_steps)
         check_scale("default_classifier_scale", default_classifier_scale)
         check_guidance_arguments(default_guidance_scale, 0.0, default_guidance_interval)
+        check_corrector_arguments(default_corrector_steps, default_corrector_snr, prefix="default_")
         self.register_to_config(
             id2label=normalize_id2label(id2label),
             default_num_inference_steps=default_num_inference_steps,
             default_classifier_scale=float(default_classifier_scale),
             default_guidance_interval=[float(v) for v in default_guidance_interval],
             default_guidance_scale=float(default_guidance_scale),
+            default_corrector_steps=int(default_corrector_steps),
+            default_corrector_snr=float(default_corrector_snr),
         )
         self.check_components()
 
@@ -189,6 +199,8 @@ class ClassifierGuidedPipeline(ClassifierComponent, CondiffPipeline):
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
         num_images_per_prompt: int | None = None,
         guidance: Any = None,
+        corrector_steps: int | None = None,
+        corrector_snr: float | None = None,
     ) -> CondiffPipelineOutput | tuple:
         r"""Generate images of the requested classes with classifier guidance.
 
@@ -212,6 +224,10 @@ class ClassifierGuidedPipeline(ClassifierComponent, CondiffPipeline):
                 diffusers' `SDCFGCutoffCallback`; classifier guidance stays) or `pipe._interrupt`.
             guidance: the class-conditional UNet's own guidance under the classifier's: "cfg" (default) or a
                 diffusers guider (which brings its own scale).
+            corrector_steps, corrector_snr: Langevin corrector steps (0..100) at each timestep before the scheduler's
+                step and their signal-to-noise ratio in (0, 1], as in `ClassConditionalDDPMPipeline`; the corrector
+                steps with the guided score (the mean shift's s Sigma g as the score's + s g). Default: the model's
+                `default_corrector_steps` (0: none) and `default_corrector_snr` (0.16).
 
         Returns:
             [`CondiffPipelineOutput`] with `images` and `nfe_per_image` (UNet rows per image; training-free guidance
@@ -224,6 +240,7 @@ class ClassifierGuidedPipeline(ClassifierComponent, CondiffPipeline):
             callback_on_step_end, callback_on_step_end_tensor_inputs)  # fmt: skip
         class_ids = self.check_inputs(label, num_images, steps, generator, scale, guidance_scale)
         method = self.check_guidance_method(guidance_method)
+        corrector = corrector_for_call(corrector_steps, corrector_snr, self.config, self.scheduler)
         device = self._execution_device
         labels = None if class_ids is None else torch.tensor(class_ids, device=device)
         guidance = self.call_guidance(labels, method, interval, guidance, (guidance_scale, guidance_interval))
@@ -240,7 +257,7 @@ class ClassifierGuidedPipeline(ClassifierComponent, CondiffPipeline):
         conditions["shown"] = (shown, shown)
         shape = (batch_size, self.unet.config.in_channels, *unet_sample_size(self.unet.config))
         latents, rows = self._sample(
-            shape, steps, guidance, conditions, generator, latents, callback_on_step_end, tensor_inputs
+            shape, steps, guidance, conditions, generator, latents, callback_on_step_end, tensor_inputs, corrector
         )
         return self._output(latents, output_type, return_dict, rows, batch_size)
 

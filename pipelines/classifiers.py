@@ -137,7 +137,8 @@ def classifier_guidance_method(scheduler: Any, method: Any) -> str:
         raise ValueError(f"guidance_method must be one of {GUIDANCE_METHODS}, got {method!r}")
     if method == "mean_shift" and not supports_mean_shift(scheduler):
         raise ValueError(
-            f"guidance_method='mean_shift' needs an ancestral DDPMScheduler with a fixed variance; "
+            f"guidance_method='mean_shift' needs an ancestral DDPMScheduler with a known variance (fixed_small, "
+            f"fixed_small_log, fixed_large, learned or learned_range); "
             f"{type(scheduler).__name__} has none: use guidance_method='score'"
         )
     return method

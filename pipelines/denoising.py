@@ -1,6 +1,7 @@
 """`CondiffPipeline`: what every condiff pipeline shares. The loading guard, the call prologue (defaults from the
-config, argument and callback checks), the one denoising loop (model input scaling, the guided prediction from a
-guidance object, `scheduler.step`, callbacks, interrupt, the network-evaluation count) and the output conversion. A
+config, argument and callback checks), the one denoising loop (model input scaling, optional Langevin corrector steps,
+the guided prediction from a guidance object, a learned variance split off before guidance and handed to an ancestral
+`scheduler.step` that samples with it, callbacks, interrupt, the network-evaluation count) and the output conversion. A
 pipeline adds its conditions (labels, prompts, a classifier), its checks, its networks' forward (`_predict`) and
 `__call__`.
 
@@ -27,6 +28,7 @@ from .labels import normalize_id2label
 from .outputs import CondiffPipelineOutput, to_output_type
 from .saved_folder import check_saved_folder
 from .schedules import check_schedule, initial_noise, scheduler_step_kwargs
+from .variance import check_variance_setup, scheduler_model_output, split_variance
 from .weights import refusing_unsafe_pickles
 
 StepCallback = Callable[[Any, int, Any, dict], dict]
@@ -177,13 +179,23 @@ class CondiffPipeline(DiffusionPipeline):
         return {**conditions, "uncond": pair[0], "cond": pair[1]}
 
     def _evaluate(
-        self, x: torch.Tensor, names: Sequence[str], *, t: Any, conditions: Conditions, scale: Any, rows: list[int]
+        self,
+        x: torch.Tensor,
+        names: Sequence[str],
+        *,
+        t: Any,
+        conditions: Conditions,
+        scale: Any,
+        rows: list[int],
+        notes: dict | None = None,
     ) -> dict:
-        """The predictions of branches `names`, one batched pass per network; adds the rows run to `rows[0]`."""
+        """The predictions of branches `names`, one batched pass per network; adds the rows run to `rows[0]`. A
+        learned variance is split off each output before guidance combines the predictions: `notes` (the step's) gets
+        the conditional branch's variance values (GLIDE's choice), or the only branch's."""
         unknown = [n for n in names if n not in BRANCHES]
         if unknown:
             raise ValueError(f"guidance asked for branches {unknown}; allowed: {list(BRANCHES)}")
-        out = {}
+        out, variances = {}, {}
         for network in ("unet", "guide_unet"):
             mine = [n for n in names if BRANCHES[n][0] == network]
             if not mine:
@@ -193,7 +205,11 @@ class CondiffPipeline(DiffusionPipeline):
                 condition = concat_conditions(condition, conditions[BRANCHES[name][1]])
             sample = torch.cat([x] * len(mine)) if len(mine) > 1 else x
             prediction = self._predict(getattr(self, network), sample, condition, t, scale)
+            prediction, values = split_variance(prediction, x.shape[1])
             out.update(zip(mine, prediction.chunk(len(mine))))
+            variances.update({} if values is None else zip(mine, values.detach().chunk(len(mine))))
+        if notes is not None and variances:
+            notes["variance_values"] = variances.get("cond", next(iter(variances.values())))
         rows[0] += len(names) * x.shape[0]
         return out
 
@@ -205,8 +221,10 @@ class CondiffPipeline(DiffusionPipeline):
         generator: Any,
         callback: StepCallback | None,
         tensor_inputs: Sequence[str],
+        corrector: Any = None,
     ) -> tuple[torch.Tensor, int]:
-        """The sampling loop; returns (final latents, network rows evaluated, a guiding model's rows included)."""
+        """The sampling loop; returns (final latents, network rows evaluated, a guiding model's rows included).
+        `corrector` (`corrector.LangevinCorrector`): corrector steps at each t before the predictor."""
         step_kwargs = scheduler_step_kwargs(self.scheduler, generator)
         timesteps, rows = self.scheduler.timesteps, [0]
         wants_denoised = "denoised" in tensor_inputs  # computed only for a callback that asks for it
@@ -218,9 +236,12 @@ class CondiffPipeline(DiffusionPipeline):
                         self._guidance_rescale, self._classifier_scale)  # fmt: skip
             scale = guidance.network_scale(step)
             evaluate = functools.partial(self._evaluate, t=t, conditions=conditions, scale=scale, rows=rows)
-            prediction = guidance.predict(step, evaluate)
-            denoised = step_denoised(self.scheduler, model_input, prediction, t) if wants_denoised else None
-            latents = self.scheduler.step(prediction, t, latents, **step_kwargs).prev_sample
+            if corrector is not None:
+                step = corrector.correct(step, guidance, evaluate, generator)
+            prediction = guidance.predict(step, functools.partial(evaluate, notes=step.notes))
+            denoised = step_denoised(self.scheduler, step.model_input, prediction, t) if wants_denoised else None
+            output = scheduler_model_output(self.scheduler, prediction, step.notes.get("variance_values"))
+            latents = self.scheduler.step(output, t, step.sample, **step_kwargs).prev_sample
             latents = guidance.after_step(step, latents)
             check_finite_state(latents, i, len(timesteps), t, self.scheduler)
             pair = self._callback_pair(conditions)
@@ -238,14 +259,16 @@ class CondiffPipeline(DiffusionPipeline):
         latents: torch.Tensor | None,
         callback: StepCallback | None,
         tensor_inputs: Sequence[str],
+        corrector: Any = None,
     ) -> tuple[torch.Tensor, int]:
         """Initial noise of `shape` in the UNet's dtype, the schedule (refused up front if known to fail), the loop."""
+        check_variance_setup(self.scheduler, self.unet.config.out_channels, shape[1])
         dtype, device, sigma = self.unet.dtype, self._execution_device, self.scheduler.init_noise_sigma
         latents = initial_noise(shape, generator, latents, device, dtype, sigma)
         self.scheduler.set_timesteps(steps, device=latents.device)
         check_schedule(self.scheduler)
         self._num_timesteps, self._interrupt = len(self.scheduler.timesteps), False
-        return self._denoise(latents, guidance, conditions, generator, callback, tensor_inputs)
+        return self._denoise(latents, guidance, conditions, generator, callback, tensor_inputs, corrector)
 
     def _output(self, images: torch.Tensor, output_type: str, return_dict: bool, rows: int, batch_size: int) -> Any:
         """[-1, 1] images (or final latents, for "latent") in the requested type, as diffusers pipelines return."""

@@ -134,12 +134,13 @@ def resolve_default_guidance_scale(scale: float | None, scale_range: tuple | lis
 # Dhariwal & Nichol (2021). g = grad_x log p(y | x_t, t) of a noise-aware classifier.
 
 
-MEAN_SHIFT_VARIANCES = ("fixed_small", "fixed_small_log", "fixed_large")
+# a learned Sigma is known per pixel once the UNet has predicted it (the variance values of the step's prediction)
+MEAN_SHIFT_VARIANCES = ("fixed_small", "fixed_small_log", "fixed_large", "learned", "learned_range")
 
 
 def supports_mean_shift(scheduler: Any) -> bool:
-    """Whether `scheduler.step` is an ancestral step x_{t-1} ~ N(mu, Sigma) with a known Sigma (DDPM, fixed
-    variance): only then can the mean shift be honoured."""
+    """Whether `scheduler.step` is an ancestral step x_{t-1} ~ N(mu, Sigma) with a known Sigma (DDPM, fixed or
+    learned variance): only then can the mean shift be honoured."""
     # Read the option only from a scheduler that takes it: a DDIM made `from_config` of a DDPM config carries
     # DDPM's `variance_type` in its config without using it.
     if "variance_type" not in inspect.signature(type(scheduler).__init__).parameters:
@@ -150,12 +151,19 @@ def supports_mean_shift(scheduler: Any) -> bool:
     return hasattr(scheduler, "_get_variance") and kind in MEAN_SHIFT_VARIANCES
 
 
-def ancestral_variance(scheduler: Any, timestep: Any) -> torch.Tensor:
-    """Sigma of the ancestral step that a `supports_mean_shift` scheduler takes at `timestep` (after set_timesteps)."""
+def ancestral_variance(scheduler: Any, timestep: Any, predicted_variance: torch.Tensor | None = None) -> torch.Tensor:
+    """Sigma of the ancestral step that a `supports_mean_shift` scheduler takes at `timestep` (after set_timesteps):
+    per pixel for a learned variance, from the UNet's variance values `predicted_variance`."""
     if int(timestep) == 0:  # the last step adds no noise, so there is no Sigma to shift by
         return torch.zeros(())
+    kind = scheduler.config.variance_type
+    if kind in ("learned", "learned_range"):
+        if predicted_variance is None:
+            raise ValueError(f"variance_type={kind!r} needs the UNet's variance values (a UNet with learned variance)")
+        variance = scheduler._get_variance(int(timestep), predicted_variance=predicted_variance.float())
+        return variance.exp() if kind == "learned_range" else variance  # "learned_range" gives log Sigma
     variance = scheduler._get_variance(int(timestep))  # diffusers' own Sigma, the one its step() samples with
-    return variance**2 if scheduler.config.variance_type == "fixed_small_log" else variance  # "_log" gives the std
+    return variance**2 if kind == "fixed_small_log" else variance  # "_log" gives the std
 
 
 def signal_and_noise_scales(alpha_prod_t: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

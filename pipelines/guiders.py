@@ -74,6 +74,11 @@ class Guidance:
         """The prediction the scheduler steps with."""
         return self.combine(step, evaluate(step.model_input, self.branches(step)))
 
+    def score_prediction(self, step: Step, evaluate: Evaluate) -> torch.Tensor:
+        """The prediction whose noise gives the guided score at `step` (a Langevin corrector's): `predict`, for the
+        methods that guide through the prediction."""
+        return self.predict(step, evaluate)
+
     def after_step(self, step: Step, prev_sample: torch.Tensor) -> torch.Tensor:
         """A change of the scheduler's output (classifier guidance's mean shift); none by default."""
         return prev_sample
@@ -252,9 +257,21 @@ class ClassifierGuidance(Guidance):
         step.notes["mean_shift"] = (grad, scale)
         return prediction
 
+    def score_prediction(self, step: Step, evaluate: Evaluate) -> torch.Tensor:
+        """The mean shift's s Sigma g is the score's + s g: for a corrector, the score correction either way."""
+        prediction = self.predict(step, evaluate)
+        if "mean_shift" not in step.notes:
+            return prediction
+        grad, scale = step.notes.pop("mean_shift")
+        abar = alpha_prod_at(step.scheduler, step.timestep)
+        return score_correction(prediction, grad, abar, scale, step.scheduler.config.prediction_type)
+
     def after_step(self, step: Step, prev_sample: torch.Tensor) -> torch.Tensor:
+        """The mean shift by s Sigma g, Sigma the step's: learned per pixel when the UNet predicts it (GLIDE's choice:
+        the variance values of the conditional branch, `denoising.py`)."""
         if "mean_shift" not in step.notes:
             return prev_sample
         grad, scale = step.notes["mean_shift"]
-        variance = ancestral_variance(step.scheduler, step.timestep).to(prev_sample.device)
-        return mean_shift(prev_sample, grad, variance, scale)
+        variance = ancestral_variance(step.scheduler, step.timestep, step.notes.get("variance_values"))
+        dtype = prev_sample.dtype if variance.ndim else None  # a per-pixel Sigma must not promote the state
+        return mean_shift(prev_sample, grad, variance.to(prev_sample.device, dtype), scale)

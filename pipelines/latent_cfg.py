@@ -36,6 +36,7 @@ from .diffusers_guiders import DiffusersGuidance  # noqa: F401
 from .guiders import Step  # noqa: F401
 from .saved_folder import check_saved_folder  # noqa: F401
 from .schedules import check_schedule  # noqa: F401
+from .variance import split_variance  # noqa: F401
 
 TEXT_COMPONENTS = ("text_encoder", "tokenizer")
 

@@ -33,6 +33,7 @@ from .labels import parse_labels  # noqa: F401
 from .networks import micro_batched  # noqa: F401
 from .saved_folder import check_saved_folder  # noqa: F401
 from .schedules import check_schedule  # noqa: F401
+from .variance import split_variance  # noqa: F401
 from .weights import refusing_unsafe_pickles  # noqa: F401
 
 

@@ -1,6 +1,6 @@
 """The `condiff` command: generate images from the shipped (or any saved) model, evaluate a pipeline, sweep the
 guidance scale, train a task (`condiff train cfg ...`), assemble a classifier-guided folder from two trained parts,
-serve the demo page (`condiff demo`).
+serve the demo page (`condiff demo`), bound the likelihood in bits/dim (`condiff nll`).
 
 Arguments are parsed and checked before torch, diffusers or PIL is imported: output paths, the pipeline kind that
 `--model`'s model_index.json names, `--label` against the folder's classes, optional modules; so `--help` and bad
@@ -20,11 +20,12 @@ from typing import Any
 
 from condiff import __version__
 from condiff.argtypes import check_output_file, existing_file, int_in
-from condiff.cli_arguments import add_model_arguments
+from condiff.cli_arguments import add_corrector_arguments, add_model_arguments, corrector_kwargs
 from condiff.cli_inputs import check_labels, check_spatial_arguments, parse_label, read_condition_image
 from condiff.demo.command import add_demo_parser, write_steps_strip
 from condiff.demo.previews import image_grid
 from condiff.evaluation.cli_args import add_sweep_arguments
+from condiff.evaluation.likelihood_cli import add_nll_parser
 from condiff.loading import folder_pipeline, label_space
 from condiff.options import (
     EXTRAS,
@@ -151,7 +152,7 @@ def generate(args: argparse.Namespace) -> Path:
         strip_out = check_output_file(args.steps_strip, "--steps-strip", IMAGE_SUFFIXES, args.overwrite)
     if strip_out and strip_out == out:
         raise ValueError("--steps-strip and --out name the same file")
-    guidance = prepare(args)
+    guidance = prepare(args) | corrector_kwargs(args)
     import io
 
     import torch
@@ -246,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     g = sub.add_parser("generate", help="write a grid of generated images", formatter_class=HelpFormatter)
     add_model_arguments(g)
+    add_corrector_arguments(g)
     g.add_argument(
         "--label",
         default=None,
@@ -314,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep_arguments(w)
     w.set_defaults(func=sweep, quiet=False)
     add_demo_parser(sub, HelpFormatter)
+    add_nll_parser(sub, HelpFormatter)
     sub.add_parser("train", add_help=False, help="train a task: condiff train cfg --output_dir DIR (flags: --help)")
     sub.add_parser(
         "assemble-classifier-guided",

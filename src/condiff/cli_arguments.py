@@ -7,6 +7,9 @@ import argparse
 from condiff.argtypes import float_in, int_in
 from condiff.options import PIPELINES, SAMPLERS
 
+# pipelines whose call takes corrector_steps / corrector_snr (condiff.pipelines.corrector)
+CORRECTOR_PIPELINES = ("class-conditional", "classifier-guided")
+
 
 def add_model_arguments(s: argparse.ArgumentParser) -> None:
     """Options shared by generate and evaluate."""
@@ -71,3 +74,40 @@ def add_model_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--seed", type=int_in(0, 2**64 - 1), default=0, help="random seed")
     s.add_argument("--overwrite", action="store_true", help="replace an existing --out file (without it: refuse)")
     s.add_argument("--quiet", action="store_true", help="no progress bars or diffusers log messages")
+
+
+def positive_snr(text: str) -> float:
+    """argparse type: a number in (0, 1]."""
+    value = float_in(0.0, 1.0)(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text[:40]!r}")
+    return value
+
+
+def add_corrector_arguments(s: argparse.ArgumentParser) -> None:
+    """The Langevin corrector's flags (`condiff generate`)."""
+    s.add_argument(
+        "--corrector-steps",
+        type=int_in(0, 100),
+        default=None,
+        help="Langevin corrector steps before each sampler step (predictor-corrector, Song et al. 2021; "
+        f"{' and '.join(CORRECTOR_PIPELINES)}); each costs one guided network evaluation (default: the model's own, 0)",
+    )
+    s.add_argument(
+        "--corrector-snr",
+        type=positive_snr,
+        default=None,
+        help="the corrector's signal-to-noise ratio in (0, 1] (default: the model's own, 0.16)",
+    )
+
+
+def corrector_kwargs(args: argparse.Namespace) -> dict:
+    """The pipeline's corrector arguments from the command line (after --pipeline is resolved), refused for a
+    pipeline without a corrector."""
+    given = {name: getattr(args, name, None) for name in ("corrector_steps", "corrector_snr")}
+    given = {name: value for name, value in given.items() if value is not None}
+    if given and args.pipeline not in CORRECTOR_PIPELINES:
+        flags = " and ".join(f"--{name.replace('_', '-')}" for name in given)
+        need = "need" if len(given) > 1 else "needs"
+        raise ValueError(f"{flags} {need} --pipeline {' or '.join(CORRECTOR_PIPELINES)}, not {args.pipeline}")
+    return given

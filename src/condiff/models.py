@@ -16,11 +16,13 @@ def class_conditional_unet(
     layers_per_block: int = 1,
     attention: bool = False,
     norm_num_groups: int = 8,
+    out_channels: int | None = None,
 ) -> UNet2DModel:
     """A `UNet2DModel` with K + 1 class embeddings (the last is the null class) and AdaGN conditioning; with
     `num_classes=None`, the same UNet without a class embedding (an unconditional denoiser).
 
     Attention blocks are off by default: at MNIST sizes they cost a lot on CPU for little gain (measured).
+    `out_channels` (default `channels`): 2 x `channels` for a UNet that learns its variance.
     """
     n = len(block_out_channels)
     down = ["AttnDownBlock2D" if attention and i > 0 else "DownBlock2D" for i in range(n)]
@@ -28,7 +30,7 @@ def class_conditional_unet(
     return UNet2DModel(
         sample_size=sample_size,
         in_channels=channels,
-        out_channels=channels,
+        out_channels=out_channels or channels,
         block_out_channels=tuple(block_out_channels),
         layers_per_block=layers_per_block,
         down_block_types=tuple(down),
@@ -48,13 +50,15 @@ def class_conditional_condition_unet(
     norm_num_groups: int = 8,
     guidance_embedding_dim: int | None = None,
     condition_channels: int = 0,
+    out_channels: int | None = None,
 ):
     """The class-conditional UNet as a `UNet2DConditionModel` without cross-attention (no text): the same down/up
     blocks and class embeddings as `class_conditional_unet`, a mid block of one ResNet. Its use is the
     `time_cond_proj_dim` input (diffusers' convention for guidance-embedded, LCM-distilled UNets): a student made
     with `guidance_embedding_dim` takes the CFG scale w as `timestep_cond` and shares every other weight with its
     teacher (`guidance_embedded_student`). `condition_channels`: channels of a spatial condition concatenated to the
-    input (super-resolution, layout maps); the output keeps `channels`.
+    input (super-resolution, layout maps); the output keeps `channels` (`out_channels`: 2 x `channels` for a UNet that
+    learns its variance).
     """
     from diffusers import UNet2DConditionModel
 
@@ -62,7 +66,7 @@ def class_conditional_condition_unet(
     return UNet2DConditionModel(
         sample_size=sample_size,
         in_channels=channels + condition_channels,
-        out_channels=channels,
+        out_channels=out_channels or channels,
         block_out_channels=tuple(block_out_channels),
         layers_per_block=layers_per_block,
         down_block_types=("DownBlock2D",) * n,
@@ -80,9 +84,11 @@ def training_scheduler(
     prediction_type: str = "v_prediction",
     num_train_timesteps: int = 1000,
     clip_sample: bool = True,
+    variance_type: str = "fixed_small",
 ) -> DDPMScheduler:
     """The DDPM noise schedule used for training (and for the 1000-step reference sampler). `clip_sample`: the data
-    lives in [-1, 1] (pixels), so samplers may clip x0 to it; False for latents, which are not bounded."""
+    lives in [-1, 1] (pixels), so samplers may clip x0 to it; False for latents, which are not bounded.
+    `variance_type`: DDPM's reverse variance, "learned_range" for a UNet that learns it."""
     if noise_schedule not in NOISE_SCHEDULES:
         raise ValueError(f"noise_schedule must be one of {NOISE_SCHEDULES}, got {noise_schedule!r}")
     if prediction_type not in PREDICTION_TYPES:
@@ -93,6 +99,9 @@ def training_scheduler(
         prediction_type=prediction_type,
         clip_sample=clip_sample,
         clip_sample_range=1.0,
+        # only a non-default variance is passed: diffusers then leaves DDPM's default out of the configs of other
+        # schedulers made from this one (DPM-Solver would read "fixed_small" as its own variance_type)
+        **({} if variance_type == "fixed_small" else {"variance_type": variance_type}),
     )
 
 

@@ -2,6 +2,10 @@
 
 NOISE_SCHEDULES = ("squaredcos_cap_v2", "linear", "scaled_linear", "sigmoid")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+# What a UNet may predict besides the schedulers' types; the pipelines convert them to epsilon (the same tuple as
+# condiff.pipelines.variance.NETWORK_TARGETS, repeated here so that `--help` imports no torch; a test ties them).
+NETWORK_TARGETS = ("mean", "score")
+VARIANCE_TYPES = ("fixed", "learned_range")  # the reverse variance: the scheduler's fixed one, or learned by the UNet
 UNET_ARCHITECTURES = ("UNet2DModel", "UNet2DConditionModel")
 BAD_IMAGE_POLICIES = ("error", "skip")
 # Short sampler names -> diffusers scheduler classes (`condiff.models.scheduler_for` builds them).

@@ -17,6 +17,7 @@ from condiff.tasks.denoiser import (
     build_denoiser,
     check_denoiser_args,
     class_grid,
+    network_target,
     plan_grid_size,
 )
 from condiff.tasks.image_data import ImageDataTask
@@ -31,7 +32,7 @@ class CFGTask(ImageDataTask):
     @classmethod
     def add_arguments(cls, p: argparse.ArgumentParser) -> None:
         super().add_arguments(p)
-        add_denoiser_arguments(p)
+        add_denoiser_arguments(p, parametrisations=True)
         g = p.add_argument_group("classifier-free guidance")
         g.add_argument("--p_uncond", type=float, default=0.1, help="probability of replacing a label by the null class")
         add_grid_size_argument(g, "validation_images_per_class", FULL_GRID_PER_CLASS)
@@ -73,7 +74,10 @@ class CFGTask(ImageDataTask):
 
         labels = drop_labels(batch["labels"], self.data.num_classes, self.args.p_uncond, generator)
         images, unet = batch["images"], modules.unet
-        loss = denoising_loss(unet, self.noise_scheduler, images, generator, class_labels=labels, **self.unet_inputs)
+        loss = denoising_loss(
+            unet, self.noise_scheduler, images, generator, target=network_target(self.args),
+            vlb_weight=self.args.vlb_weight, class_labels=labels, **self.unet_inputs,
+        )  # fmt: skip
         return loss, {}
 
     def pipeline(self, modules: Modules):
@@ -85,7 +89,11 @@ class CFGTask(ImageDataTask):
         scheduler = default_sampling_scheduler(self.noise_scheduler)
         id2label = dict(enumerate(self.data.label_names))
         return ClassConditionalDDPMPipeline(
-            unet=modules.unet, scheduler=scheduler, id2label=id2label, micro_batch_size=MICRO_BATCH_SIZE
+            unet=modules.unet,
+            scheduler=scheduler,
+            id2label=id2label,
+            micro_batch_size=MICRO_BATCH_SIZE,
+            prediction_target=network_target(self.args),
         )
 
     def sample_grid(self, modules: Modules, path: Path):

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 
-from condiff.engine.args import require_int
-from condiff.options import NOISE_SCHEDULES, PREDICTION_TYPES, UNET_ARCHITECTURES
+from condiff.engine.args import require_int, require_real
+from condiff.options import NETWORK_TARGETS, NOISE_SCHEDULES, PREDICTION_TYPES, UNET_ARCHITECTURES, VARIANCE_TYPES
 
 
-def add_denoiser_arguments(p: argparse.ArgumentParser) -> None:
+def add_denoiser_arguments(p: argparse.ArgumentParser, parametrisations: bool = False) -> None:
+    """The UNet's shape and the diffusion flags; `parametrisations`: also learned variance and the mean and score
+    targets (`add_parametrisation_arguments`)."""
     g = p.add_argument_group("model")
     g.add_argument("--block_out_channels", type=int, nargs="+", default=[32, 64, 64])
     g.add_argument("--layers_per_block", type=int, default=1)
@@ -21,13 +23,24 @@ def add_denoiser_arguments(p: argparse.ArgumentParser) -> None:
         default="UNet2DModel",
         help="UNet2DConditionModel (no cross-attention) is the one a guidance-distilled student can share (distill)",
     )
-    add_diffusion_arguments(p)
+    add_diffusion_arguments(p, parametrisations)
 
 
-def add_diffusion_arguments(p: argparse.ArgumentParser) -> None:
+def add_diffusion_arguments(p: argparse.ArgumentParser, parametrisations: bool = False) -> None:
     """The noise schedule, prediction type and validation sampler flags every diffusion task has."""
     g = p.add_argument_group("diffusion")
-    g.add_argument("--prediction_type", choices=PREDICTION_TYPES, default="epsilon")
+    targets = PREDICTION_TYPES + (NETWORK_TARGETS if parametrisations else ())
+    explain = "what the UNet predicts; mean and score are converted to epsilon for every scheduler when sampling"
+    g.add_argument("--prediction_type", choices=targets, default="epsilon", help=explain if parametrisations else None)
+    if parametrisations:
+        g.add_argument(
+            "--variance_type",
+            choices=VARIANCE_TYPES,
+            default="fixed",
+            help="learned_range: the UNet also predicts the reverse variance (Nichol & Dhariwal), trained with the "
+            "hybrid loss; ancestral DDPM samples with it (diffusers' variance_type='learned_range')",
+        )
+        g.add_argument("--vlb_weight", type=float, default=0.001, help="lambda of L_simple + lambda L_vlb")
     g.add_argument("--noise_schedule", choices=NOISE_SCHEDULES, default="squaredcos_cap_v2")
     g.add_argument("--num_train_timesteps", type=int, default=1000)
     g.add_argument("--validation_inference_steps", type=int, default=20, help="sampler steps of validation grids")
@@ -67,6 +80,7 @@ def check_channels(channels, norm_num_groups: int) -> None:
 
 
 def check_denoiser_args(a: argparse.Namespace) -> None:
+    """The model and diffusion flags' values (before any data or model work)."""
     for name in ("layers_per_block", "norm_num_groups"):
         require_int(name, getattr(a, name))
     check_diffusion_args(a)
@@ -78,18 +92,34 @@ def check_denoiser_args(a: argparse.Namespace) -> None:
 def check_diffusion_args(a: argparse.Namespace) -> None:
     require_int("num_train_timesteps", a.num_train_timesteps)
     require_int("validation_inference_steps", a.validation_inference_steps, 1, a.num_train_timesteps)
+    if getattr(a, "variance_type", "fixed") not in VARIANCE_TYPES:
+        raise ValueError(f"--variance_type must be one of {VARIANCE_TYPES}, got {a.variance_type!r}")
+    require_real("vlb_weight", getattr(a, "vlb_weight", 0.0), 0.0)
+
+
+def learns_variance(a: argparse.Namespace) -> bool:
+    return getattr(a, "variance_type", "fixed") == "learned_range"
+
+
+def network_target(a: argparse.Namespace) -> str | None:
+    """ "mean" or "score" when the UNet predicts one of them (converted to epsilon for the schedulers), else None."""
+    return a.prediction_type if a.prediction_type in NETWORK_TARGETS else None
 
 
 def build_denoiser(a: argparse.Namespace, channels: int, num_classes: int | None):
     """(UNet, training noise scheduler) for the flags; `num_classes=None` gives an unconditional UNet."""
     from condiff.models import class_conditional_condition_unet, class_conditional_unet, training_scheduler
 
-    scheduler = training_scheduler(a.noise_schedule, a.prediction_type, a.num_train_timesteps)
+    scheduler_prediction = "epsilon" if network_target(a) else a.prediction_type
+    variance = "learned_range" if learns_variance(a) else "fixed_small"
+    scheduler = training_scheduler(a.noise_schedule, scheduler_prediction, a.num_train_timesteps, True, variance)
+    out_channels = channels * (2 if learns_variance(a) else 1)
     if getattr(a, "architecture", "UNet2DModel") == "UNet2DConditionModel":
         blocks = tuple(a.block_out_channels)
         unet = class_conditional_condition_unet(
-            num_classes, a.resolution, channels, blocks, a.layers_per_block, a.norm_num_groups
-        )
+            num_classes, a.resolution, channels, blocks, a.layers_per_block, a.norm_num_groups,
+            out_channels=out_channels,
+        )  # fmt: skip
         return unet, scheduler
     unet = class_conditional_unet(
         num_classes,
@@ -99,6 +129,7 @@ def build_denoiser(a: argparse.Namespace, channels: int, num_classes: int | None
         a.layers_per_block,
         a.attention,
         a.norm_num_groups,
+        out_channels=out_channels,
     )
     return unet, scheduler
 

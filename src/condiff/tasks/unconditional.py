@@ -17,6 +17,8 @@ from condiff.tasks.denoiser import (
     add_grid_size_argument,
     build_denoiser,
     check_denoiser_args,
+    learns_variance,
+    network_target,
     plan_grid_size,
     save_grid,
 )
@@ -32,12 +34,17 @@ class UnconditionalTask(ImageDataTask):
     @classmethod
     def add_arguments(cls, p: argparse.ArgumentParser) -> None:
         super().add_arguments(p)
-        add_denoiser_arguments(p)
+        add_denoiser_arguments(p, parametrisations=True)
         add_grid_size_argument(p.add_argument_group("validation"), "validation_images", FULL_GRID, GRID_UNIT, "grid")
 
     def check_args(self) -> None:
         super().check_args()
         check_denoiser_args(self.args)
+        if network_target(self.args):
+            raise ValueError(
+                f"--prediction_type {self.args.prediction_type} is for the cfg task: the unconditional task exports "
+                "diffusers' DDPMPipeline, whose schedulers sample epsilon, v_prediction and sample predictions only"
+            )
         require_int("validation_images", self.args.validation_images, 1, 4096, allow_none=True)
 
     def plan(self, total_steps: int) -> None:
@@ -50,13 +57,19 @@ class UnconditionalTask(ImageDataTask):
     def loss(self, modules: Modules, batch: dict, generator):
         from condiff.diffusion import denoising_loss
 
-        return denoising_loss(modules.unet, self.noise_scheduler, batch["images"], generator), {}
+        a, images = self.args, batch["images"]
+        return denoising_loss(modules.unet, self.noise_scheduler, images, generator, vlb_weight=a.vlb_weight), {}
 
     def pipeline(self, modules: Modules):
+        """diffusers' `DDPMPipeline` with condiff's default sampler; for a UNet that learns its variance, ancestral
+        DDPM with that variance (diffusers' DPM-Solver would misread a 1-channel image's two output channels; condiff's
+        pipelines split them for every scheduler)."""
         from diffusers import DDPMPipeline
 
-        from condiff.models import default_sampling_scheduler
+        from condiff.models import default_sampling_scheduler, scheduler_for
 
+        if learns_variance(self.args):
+            return DDPMPipeline(unet=modules.unet, scheduler=scheduler_for("ddpm", self.noise_scheduler.config))
         return DDPMPipeline(unet=modules.unet, scheduler=default_sampling_scheduler(self.noise_scheduler))
 
     def sample_grid(self, modules: Modules, path: Path):
@@ -89,7 +102,7 @@ class UnconditionalTask(ImageDataTask):
             "sample_grid": "samples/final.png",
             "inference_steps": a.validation_inference_steps,
             "num_parameters": f"{count_unet_parameters(folder) / 1e6:.2f}M",
-            "prediction_type": a.prediction_type,
+            "prediction_type": a.prediction_type + (", learned variance (learned_range)" if learns_variance(a) else ""),
             "noise_schedule": a.noise_schedule,
             "num_train_timesteps": a.num_train_timesteps,
         }

@@ -10,6 +10,7 @@ from .callbacks import __name__ as _callbacks  # noqa: F401
 from .checks import __name__ as _checks  # noqa: F401
 from .classifier_guided import ClassifierGuidedPipeline as Pipeline  # noqa: F401
 from .classifiers import __name__ as _classifiers  # noqa: F401
+from .corrector import __name__ as _corrector  # noqa: F401
 from .denoising import __name__ as _denoising  # noqa: F401
 from .diffusers_guiders import __name__ as _diffusers_guiders  # noqa: F401
 from .digit_classifier import __name__ as _digit_classifier  # noqa: F401
@@ -22,4 +23,5 @@ from .noise_aware_classifier import __name__ as _noise_aware_classifier  # noqa:
 from .outputs import __name__ as _outputs  # noqa: F401
 from .saved_folder import __name__ as _saved_folder  # noqa: F401
 from .schedules import __name__ as _schedules  # noqa: F401
+from .variance import __name__ as _variance  # noqa: F401
 from .weights import __name__ as _weights  # noqa: F401

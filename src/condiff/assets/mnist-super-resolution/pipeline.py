@@ -24,4 +24,5 @@ from .schedules import __name__ as _schedules  # noqa: F401
 from .spatial import __name__ as _spatial  # noqa: F401
 from .spatial_conditions import __name__ as _spatial_conditions  # noqa: F401
 from .super_resolution import SuperResolutionPipeline as Pipeline  # noqa: F401
+from .variance import __name__ as _variance  # noqa: F401
 from .weights import __name__ as _weights  # noqa: F401
