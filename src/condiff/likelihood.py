@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from condiff.pipelines.guidance import predicted_original
 from condiff.pipelines.networks import unet_extra_inputs
 from condiff.pipelines.variance import (
     LEARNED_VARIANCE_TYPES,
@@ -85,15 +86,9 @@ def prior_kl(alphas_cumprod: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
 def x0_from_prediction(
     prediction_type: str, alphas_cumprod: torch.Tensor, prediction: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
 ) -> torch.Tensor:
-    """Tweedie's x0 from an "epsilon", "v_prediction" or "sample" prediction at (x_t, t)."""
+    """Tweedie's x0 from an "epsilon", "v_prediction" or "sample" prediction at (x_t, t), per row of `t`."""
     abar = alphas_cumprod[t].view((-1,) + (1,) * (x_t.ndim - 1))
-    if prediction_type == "epsilon":
-        return (x_t - (1 - abar).sqrt() * prediction) / abar.sqrt()
-    if prediction_type == "v_prediction":
-        return abar.sqrt() * x_t - (1 - abar).sqrt() * prediction
-    if prediction_type == "sample":
-        return prediction
-    raise ValueError(f"unsupported prediction_type {prediction_type!r}")
+    return predicted_original(x_t, prediction, abar, prediction_type)
 
 
 NATS_TO_BITS = 1.0 / math.log(2.0)
