@@ -327,6 +327,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_single_values(parser: argparse.ArgumentParser, args: argparse.Namespace, command: str | None) -> None:
+    """argparse takes `--flag=--` as "--" followed by no value and stores [] for a one-value flag: refuse it the way
+    argparse refuses a missing value (exit 2, naming the flag)."""
+    sub = next((a.choices.get(command) for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    for action in (sub or parser)._actions:
+        if action.nargs is None and action.type is not None and isinstance(getattr(args, action.dest, None), list):
+            (sub or parser).error(f"argument {'/'.join(action.option_strings)}: expected one value")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the `condiff` command; return its exit status (2: bad arguments or input, with a one-line message)."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -334,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command in FORWARDED:
             return FORWARDED[command](argv[1:])
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        check_single_values(parser, args, command)
         with quiet_libraries(args.quiet):
             args.func(args)
     except (ValueError, TypeError, OSError) as err:  # OSError: a model folder that is missing or not safetensors

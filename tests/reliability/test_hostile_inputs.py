@@ -409,3 +409,11 @@ def test_training_flags_reject_text_where_numbers_are_expected(flag, text):
     with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as stop:
         build_parser(CFGTask).parse_args(["--output_dir", "unused", f"--{flag}={text}"])
     assert stop.value.code == 2 and f"argument --{flag}" in err.getvalue()
+
+
+@pytest.mark.parametrize("flag", ["--guidance-scale", "--steps", "--num-images", "--seed"])
+def test_cli_refuses_a_double_dash_value_naming_the_flag(flag, model_dir, tmp_path):
+    """argparse reads `--flag=--` as no value and stores []; found by the property test above."""
+    code, _, err = run_cli(["generate", "--model", str(model_dir), "--out", str(tmp_path / "x.png"), f"{flag}=--"])
+    assert code == 2 and f"argument {flag}: expected one value" in err, err
+    assert not (tmp_path / "x.png").exists()
