@@ -52,8 +52,11 @@ def _read_json(path: Path, flag: str, model: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _prediction_target(folder: Path) -> str | None:
-    """ "mean" or "score" when the folder's training_args.json says its UNet predicts one of them."""
+def _prediction_target(folder: Path, index: dict[str, Any]) -> str | None:
+    """ "mean" or "score" when the pipeline's config (model_index.json) or, for folders saved without it, the
+    training_args.json says its UNet predicts one of them."""
+    if index.get("prediction_target") is not None:
+        return index["prediction_target"]
     for path in (folder / "training_args.json", folder / "unet" / "training_args.json"):
         if path.is_file():
             kind = json.loads(path.read_text()).get("prediction_type")
@@ -67,7 +70,8 @@ def inspect_model(model: str, pipeline: str | None = None, flag: str = "--model"
     folder = Path(model)
     if not folder.is_dir():
         raise ValueError(f"{flag} {model!r}: no such folder (a saved pipeline folder is needed)")
-    class_name = _read_json(folder / "model_index.json", flag, model).get("_class_name")
+    index = _read_json(folder / "model_index.json", flag, model)
+    class_name = index.get("_class_name")
     kind = NLL_PIPELINES.get(class_name)
     if kind is None:
         raise ValueError(f"{flag} {model!r} holds a {class_name}; bits/dim needs one of {', '.join(NLL_PIPELINES)}")
@@ -85,7 +89,7 @@ def inspect_model(model: str, pipeline: str | None = None, flag: str = "--model"
         )
     if unet.get("out_channels") not in (channels, 2 * channels):
         raise ValueError(f"{flag} {model!r}: its UNet outputs {unet.get('out_channels')} channels for {channels}")
-    return DenoiserFolder(folder, kind, unet, scheduler, _prediction_target(folder))
+    return DenoiserFolder(folder, kind, unet, scheduler, _prediction_target(folder, index))
 
 
 def load_denoiser(info: DenoiserFolder, device: str | None = None) -> tuple[Any, Any]:
