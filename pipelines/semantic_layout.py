@@ -75,6 +75,8 @@ class SemanticLayoutPipeline(SpatialConditionPipeline):
         scheduler ([`SchedulerMixin`]): any diffusers scheduler.
         id2label (`dict[int, str]`, *optional*): the map's class names.
         layout_cell (`int`): output pixels per map cell at the default size (the map's downsampling in training).
+        image_channels, prediction_target: as in `SuperResolutionPipeline` (a UNet that learns its variance, or
+            predicts the mean or the score).
     """
 
     def __init__(
@@ -87,12 +89,15 @@ class SemanticLayoutPipeline(SpatialConditionPipeline):
         default_guidance_scale: float = 1.0,
         default_guidance_interval: tuple | list = (0.0, 1.0),
         micro_batch_size: int | None = None,
+        image_channels: int | None = None,
+        prediction_target: str | None = None,
     ):
         super().__init__()
         check_positive_int("layout_cell", layout_cell, MAX_CANVAS_SIDE)
         self._register_spatial(
             unet, scheduler, id2label, default_num_inference_steps, default_guidance_scale, default_guidance_interval,
-            micro_batch_size, layout_cell=int(layout_cell),
+            micro_batch_size, layout_cell=int(layout_cell), image_channels=image_channels,
+            prediction_target=prediction_target,
         )  # fmt: skip
 
     @property

@@ -1,7 +1,9 @@
 """`SpatialConditionPipeline`: what the pipelines conditioned by concatenation share (super-resolution, semantic
 layout maps). The condition c is brought to the output size by the subclass; every step the UNet sees [x_t, c] on
 the channel axis, with an optional class label and an optional `timestep_cond` (the super-resolution noise level).
-Classifier-free guidance drops c (zeros) and the label (the null class) together.
+Classifier-free guidance drops c (zeros) and the label (the null class) together. A UNet may learn its variance
+(twice the image's output channels; the config's `image_channels` then says the image's) and predict the mean or the
+score (`prediction_target`), as the class-conditional pipeline's may.
 
 Part of the Hub-loadable pipeline code: imports only torch, diffusers and the standard library.
 """
@@ -20,6 +22,7 @@ from .guidance import check_default_guidance_scale, check_guidance_arguments
 from .labels import normalize_id2label, parse_labels
 from .networks import micro_batched, to_channels_last
 from .spatial_conditions import unet_downsampling
+from .variance import check_prediction_target, check_variance_setup, epsilon_output
 
 MAX_CANVAS_SIDE = 1024
 
@@ -46,11 +49,18 @@ class SpatialConditionPipeline(CondiffPipeline):
         self, unet: UNet2DConditionModel, scheduler: SchedulerMixin, id2label: Any, steps: int,
         default_guidance_scale: float, default_guidance_interval: Any, micro_batch_size: Any, **config: Any,
     ) -> None:  # fmt: skip
-        if unet.config.in_channels <= unet.config.out_channels:
+        image_channels, target = config.get("image_channels"), config.get("prediction_target")
+        if image_channels is not None:
+            check_positive_int("image_channels", image_channels, unet.config.in_channels)
+        channels = unet.config.out_channels if image_channels is None else image_channels
+        if unet.config.in_channels <= channels:
             raise ValueError(
                 f"unet must take the condition's channels on top of the image's: in_channels "
-                f"({unet.config.in_channels}) must exceed out_channels ({unet.config.out_channels})"
+                f"({unet.config.in_channels}) must exceed the image's {channels} (`image_channels`, default the "
+                "unet's out_channels)"
             )
+        check_variance_setup(scheduler, unet.config.out_channels, channels)
+        check_prediction_target(target, scheduler)
         if any("CrossAttn" in b for b in (*unet.config.down_block_types, *unet.config.up_block_types)):
             raise ValueError("unet must not use cross-attention: the spatial pipelines take no text")
         self.register_modules(unet=unet, scheduler=scheduler)
@@ -72,9 +82,15 @@ class SpatialConditionPipeline(CondiffPipeline):
         to_channels_last(self, ("unet",), kwargs)
 
     @property
+    def image_channels(self) -> int:
+        """Channels of the images denoised: the config's `image_channels`, default the UNet's output channels (a
+        UNet that learns its variance outputs twice the image's and needs `image_channels`)."""
+        return self.config.get("image_channels") or self.unet.config.out_channels
+
+    @property
     def condition_channels(self) -> int:
-        """Channels of the concatenated condition: the UNet's input channels minus its output channels."""
-        return self.unet.config.in_channels - self.unet.config.out_channels
+        """Channels of the concatenated condition: the UNet's input channels minus the image's."""
+        return self.unet.config.in_channels - self.image_channels
 
     @property
     def num_classes(self) -> int | None:
@@ -105,7 +121,9 @@ class SpatialConditionPipeline(CondiffPipeline):
         return size
 
     def _predict(self, network: Any, sample: torch.Tensor, condition: dict, t: Any, scale: Any) -> torch.Tensor:
-        return spatial_unet_forward(network, sample, condition, t, self.config.micro_batch_size)
+        output = spatial_unet_forward(network, sample, condition, t, self.config.micro_batch_size)
+        target = self.config.get("prediction_target")
+        return epsilon_output(target, self.scheduler.alphas_cumprod, output, sample, t) if target else output
 
     def _callback_pair(self, conditions: dict) -> None:
         return None  # no "prompt_embeds": a callback may change the latents and the call state
@@ -129,7 +147,8 @@ class SpatialConditionPipeline(CondiffPipeline):
         uncond = {**cond, "map": torch.zeros_like(cond["map"]), "labels": null_labels}
         self._guidance_scale = getattr(method, "guidance_scale", scale)
         self._guidance_rescale = call["guidance_rescale"]
-        shape = (n, self.unet.config.out_channels, *spatial.shape[-2:])
+        check_prediction_target(self.config.get("prediction_target"), self.scheduler)
+        shape = (n, self.image_channels, *spatial.shape[-2:])
         latents, rows = self._sample(
             shape, steps, method, {"cond": cond, "uncond": uncond}, call["generator"], call["latents"],
             call["callback_on_step_end"], tensor_inputs,

@@ -61,6 +61,10 @@ class SuperResolutionPipeline(ClassifierComponent, SpatialConditionPipeline):
             hint becomes its most likely class, the MAP class of an ambiguous input, rather than a posterior draw.
         classifier_resolution (`int`, *optional*): the input size the classifier was trained on; larger inputs are
             area-downsampled to it first.
+        image_channels (`int`, *optional*): the image's channels when the UNet also predicts a variance (twice
+            them as output channels); default the UNet's `out_channels`.
+        prediction_target (`str`, *optional*): "mean" or "score" for a UNet that predicts them (converted to
+            epsilon for any scheduler with `prediction_type="epsilon"`); None: the scheduler's parametrisation.
     """
 
     model_cpu_offload_seq = "classifier->unet"
@@ -79,19 +83,23 @@ class SuperResolutionPipeline(ClassifierComponent, SpatialConditionPipeline):
         micro_batch_size: int | None = None,
         classifier: Any = None,
         classifier_resolution: int | None = None,
+        image_channels: int | None = None,
+        prediction_target: str | None = None,
     ):
         super().__init__()
-        if unet.config.in_channels != 2 * unet.config.out_channels:
+        channels = unet.config.out_channels if image_channels is None else image_channels
+        if unet.config.in_channels != 2 * channels:
             raise ValueError(
                 f"unet must take the image and its low-resolution condition: in_channels ({unet.config.in_channels}) "
-                f"= 2 x out_channels ({unet.config.out_channels})"
+                f"= 2 x the image's {channels} (`image_channels`, default the unet's out_channels)"
             )
         check_noise_level("max_noise_level", max_noise_level, scheduler.config.num_train_timesteps - 1)
         check_noise_level("default_noise_level", default_noise_level, max_noise_level)
         self._register_spatial(
             unet, scheduler, id2label, default_num_inference_steps, default_guidance_scale, default_guidance_interval,
             micro_batch_size, max_noise_level=int(max_noise_level), default_noise_level=int(default_noise_level),
-            classifier_resolution=classifier_resolution,
+            classifier_resolution=classifier_resolution, image_channels=image_channels,
+            prediction_target=prediction_target,
         )  # fmt: skip
         if classifier_resolution is not None:
             check_positive_int("classifier_resolution", classifier_resolution, unet_sample_size(unet.config)[0])
@@ -108,7 +116,7 @@ class SuperResolutionPipeline(ClassifierComponent, SpatialConditionPipeline):
         except (TypeError, ValueError, AttributeError) as error:
             raise ValueError(f"image must be a PIL image, numpy array or tensor in [0, 1], or a list of them, got "
                              f"{short_repr(image)} ({error})") from None  # fmt: skip
-        check_image_channels(low, self.unet.config.out_channels)
+        check_image_channels(low, self.image_channels)
         if size is not None and (low.shape[-2] > size[0] or low.shape[-1] > size[1]):
             raise ValueError(f"image is {low.shape[-2]}x{low.shape[-1]}, larger than the output {size[0]}x{size[1]}")
         return low.to(self._execution_device, torch.float32)
@@ -121,9 +129,9 @@ class SuperResolutionPipeline(ClassifierComponent, SpatialConditionPipeline):
         if self.num_classes is None or config.num_classes != self.num_classes:
             raise ValueError(f"classifier has {config.num_classes} classes; the unet has {self.num_classes} "
                              "(label=\"auto\" needs a UNet with a class embedding of the same classes)")  # fmt: skip
-        if config.in_channels != self.unet.config.out_channels:
+        if config.in_channels != self.image_channels:
             raise ValueError(f"classifier takes {config.in_channels} channels; the images have "
-                             f"{self.unet.config.out_channels}")  # fmt: skip
+                             f"{self.image_channels}")  # fmt: skip
 
     def most_likely_classes(self, low: torch.Tensor) -> torch.Tensor:
         """`label="auto"`: the classifier's most likely class of each input (N, C, h, w) in [-1, 1], seen as it was

@@ -1,4 +1,4 @@
-"""Flags, checks and factories shared by the denoiser tasks (class-conditional CFG and unconditional): the UNet's
+"""Flags, checks and factories shared by the denoiser tasks (class-conditional CFG, unconditional, spatial): the UNet's
 shape, the noise schedule and prediction type, and the validation sampler's settings."""
 
 from __future__ import annotations
@@ -106,14 +106,27 @@ def network_target(a: argparse.Namespace) -> str | None:
     return a.prediction_type if a.prediction_type in NETWORK_TARGETS else None
 
 
-def build_denoiser(a: argparse.Namespace, channels: int, num_classes: int | None):
-    """(UNet, training noise scheduler) for the flags; `num_classes=None` gives an unconditional UNet."""
-    from condiff.models import class_conditional_condition_unet, class_conditional_unet, training_scheduler
+def denoiser_training_scheduler(a: argparse.Namespace):
+    """The training noise scheduler of the flags: epsilon for the mean and score targets (the pipelines convert
+    them), DDPM's learned_range variance for a UNet that learns it."""
+    from condiff.models import training_scheduler
 
     scheduler_prediction = "epsilon" if network_target(a) else a.prediction_type
     variance = "learned_range" if learns_variance(a) else "fixed_small"
-    scheduler = training_scheduler(a.noise_schedule, scheduler_prediction, a.num_train_timesteps, True, variance)
-    out_channels = channels * (2 if learns_variance(a) else 1)
+    return training_scheduler(a.noise_schedule, scheduler_prediction, a.num_train_timesteps, True, variance)
+
+
+def unet_output_channels(a: argparse.Namespace, channels: int) -> int:
+    """The image's channels, twice them for a UNet that learns its variance."""
+    return channels * (2 if learns_variance(a) else 1)
+
+
+def build_denoiser(a: argparse.Namespace, channels: int, num_classes: int | None):
+    """(UNet, training noise scheduler) for the flags; `num_classes=None` gives an unconditional UNet."""
+    from condiff.models import class_conditional_condition_unet, class_conditional_unet
+
+    scheduler = denoiser_training_scheduler(a)
+    out_channels = unet_output_channels(a, channels)
     if getattr(a, "architecture", "UNet2DModel") == "UNet2DConditionModel":
         blocks = tuple(a.block_out_channels)
         unet = class_conditional_condition_unet(

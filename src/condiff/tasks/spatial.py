@@ -14,7 +14,14 @@ from pathlib import Path
 
 from condiff.engine.args import require_choice, require_int, require_real
 from condiff.engine.task import Export, Modules
-from condiff.tasks.denoiser import add_denoiser_arguments, check_denoiser_args
+from condiff.tasks.denoiser import (
+    add_denoiser_arguments,
+    check_denoiser_args,
+    denoiser_training_scheduler,
+    learns_variance,
+    network_target,
+    unet_output_channels,
+)
 from condiff.tasks.image_data import ImageDataTask
 
 CONDITIONS = ("super_resolution", "layout")
@@ -32,7 +39,7 @@ class SpatialConditionTask(ImageDataTask):
     @classmethod
     def add_arguments(cls, p: argparse.ArgumentParser) -> None:
         super().add_arguments(p)
-        add_denoiser_arguments(p)
+        add_denoiser_arguments(p, parametrisations=True)
         g = p.add_argument_group("spatial condition")
         g.add_argument("--condition", choices=CONDITIONS, default="super_resolution")
         g.add_argument(
@@ -88,14 +95,15 @@ class SpatialConditionTask(ImageDataTask):
         return self.data.channels if self.args.condition == "super_resolution" else self.data.num_classes + 1
 
     def build(self) -> Modules:
-        from condiff.models import class_conditional_condition_unet, training_scheduler
+        from condiff.models import class_conditional_condition_unet
 
         a = self.args
-        self.noise_scheduler = training_scheduler(a.noise_schedule, a.prediction_type, a.num_train_timesteps)
+        self.noise_scheduler = denoiser_training_scheduler(a)
         unet = class_conditional_condition_unet(
             self.data.num_classes if a.class_labels else None, a.resolution, self.data.channels,
             tuple(a.block_out_channels), a.layers_per_block, a.norm_num_groups,
             NOISE_LEVEL_EMBEDDING_DIM if a.condition == "super_resolution" else None, self.condition_channels,
+            unet_output_channels(a, self.data.channels),
         )  # fmt: skip
         return Modules(trained={"unet": unet})
 
@@ -139,8 +147,9 @@ class SpatialConditionTask(ImageDataTask):
         if a.class_labels:
             inputs["class_labels"] = drop_labels(labels, self.data.num_classes, a.p_uncond_label, generator)
         loss = denoising_loss(
-            modules.unet, self.noise_scheduler, images, generator, concat=cond, encoder_hidden_states=None, **inputs
-        )
+            modules.unet, self.noise_scheduler, images, generator, concat=cond, target=network_target(a),
+            vlb_weight=a.vlb_weight, encoder_hidden_states=None, **inputs,
+        )  # fmt: skip
         return loss, {}
 
     def pipeline(self, modules: Modules):
@@ -151,7 +160,8 @@ class SpatialConditionTask(ImageDataTask):
 
         a = self.args
         scheduler = default_sampling_scheduler(self.noise_scheduler)
-        common = {"id2label": dict(enumerate(self.data.label_names)), "micro_batch_size": MICRO_BATCH_SIZE}
+        common = {"id2label": dict(enumerate(self.data.label_names)), "micro_batch_size": MICRO_BATCH_SIZE,
+                  "image_channels": self.data.channels, "prediction_target": network_target(a)}  # fmt: skip
         if a.condition == "layout":
             return SemanticLayoutPipeline(modules.unet, scheduler, layout_cell=a.layout_cell, **common)
         if a.input_classifier is not None:
@@ -199,7 +209,7 @@ class SpatialConditionTask(ImageDataTask):
             "layout_cell": a.layout_cell,
             "canvas_fraction": a.canvas_fraction,
             "input_classifier": "none" if hint is None else f"{hint}x{hint} inputs",
-            "prediction_type": a.prediction_type,
+            "prediction_type": a.prediction_type + (", learned variance (learned_range)" if learns_variance(a) else ""),
             "noise_schedule": a.noise_schedule,
             "sampler": type(pipe.scheduler).__name__,
             "evaluation": "Not evaluated yet: run `python benchmarks/spatial_conditioning.py "
