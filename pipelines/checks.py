@@ -152,12 +152,13 @@ def unet_sample_size(unet_config: Any) -> tuple[int, int]:
 
 
 def check_guide_unet(unet: Any, guide: Any) -> None:
-    """A guiding model (autoguidance) must make what the main UNet makes, for the same classes; None is fine."""
+    """A guiding model (autoguidance) must make what the main UNet makes, for the same classes and text width; None
+    is fine."""
     if guide is None:
         return
     main, other = unet.config, guide.config
     for key, what in (("num_class_embeds", "classes (+1 null)"), ("in_channels", "input channels"),
-                      ("out_channels", "output channels")):  # fmt: skip
+                      ("out_channels", "output channels"), ("cross_attention_dim", "text width")):  # fmt: skip
         if main.get(key) != other.get(key):
             raise ValueError(f"guide_unet has {key}={other.get(key)} but the unet has {main.get(key)}: both must "
                              f"take the same {what}")  # fmt: skip

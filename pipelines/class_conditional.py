@@ -21,8 +21,13 @@ from .checks import (
     unet_sample_size,
 )
 from .corrector import DEFAULT_CORRECTOR_SNR, check_corrector_arguments, corrector_for_call
-from .denoising import GUIDANCE_NAMES, CondiffPipeline, StepCallback
-from .guidance import check_default_guidance_scale, check_gate_curve, check_guidance_arguments
+from .denoising import CondiffPipeline, StepCallback
+from .guidance import (
+    autoguidance_defaults,
+    check_default_guidance_scale,
+    check_gate_curve,
+    check_guidance_arguments,
+)
 from .guiders import EmbeddedGuidance
 from .labels import LabelInput, ids_per_image, normalize_id2label, parse_labels
 from .locking import serialized_call
@@ -112,9 +117,7 @@ class ClassConditionalDDPMPipeline(CondiffPipeline):
         self.register_modules(unet=unet, scheduler=scheduler, guide_unet=guide_unet)
         check_positive_int("default_num_inference_steps", default_num_inference_steps)
         check_guidance_arguments(1.0, 0.0, default_guidance_interval)
-        check_guidance_arguments(autoguidance_cfg_scale, 0.0, autoguidance_cfg_interval)
-        if default_guidance not in GUIDANCE_NAMES:
-            raise ValueError(f"default_guidance must be one of {GUIDANCE_NAMES}, got {default_guidance!r}")
+        guidance_defaults = autoguidance_defaults(default_guidance, autoguidance_cfg_scale, autoguidance_cfg_interval)
         if gated_cfg_curve is not None:
             check_gate_curve(gated_cfg_curve)
         check_scale("gated_cfg_threshold", gated_cfg_threshold)
@@ -130,9 +133,7 @@ class ClassConditionalDDPMPipeline(CondiffPipeline):
             micro_batch_size=micro_batch_size,
             guidance_scale_range=None if guidance_scale_range is None else [float(v) for v in guidance_scale_range],
             default_guidance_scale=None if default_guidance_scale is None else float(default_guidance_scale),
-            default_guidance=default_guidance,
-            autoguidance_cfg_scale=float(autoguidance_cfg_scale),
-            autoguidance_cfg_interval=[float(v) for v in autoguidance_cfg_interval],
+            **guidance_defaults,
             gated_cfg_curve=None if gated_cfg_curve is None else [[float(t), float(v)] for t, v in gated_cfg_curve],
             gated_cfg_threshold=float(gated_cfg_threshold),
             prediction_target=prediction_target,

