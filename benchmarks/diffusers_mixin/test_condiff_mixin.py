@@ -190,6 +190,7 @@ class LatentCFGPipelineMixinTests(CondiffMixinSettings, unittest.TestCase):
             "scheduler": DDPMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2"),
             "text_encoder": AutoModel.from_pretrained(folder).eval(),
             "tokenizer": AutoTokenizer.from_pretrained(folder),
+            "guide_unet": None,  # optional (autoguidance), as diffusers lists them
             **named,
         }
 
