@@ -58,6 +58,7 @@ def test_merge_joins_parallel_runs_and_refuses_mismatches(models, tmp_path, caps
     b = run(["--models", f"{mean}:mean"], tmp_path, "b")
     merged = run(["--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json")], tmp_path, "merged")
     assert merged["rows"] == a["rows"] + b["rows"] and merged["merged_from"] == 2
+    assert [r["trained_steps"] for r in merged["rows"]] == [None, None]  # saved, not trained: no summary
     run(["--models", f"{mean}:other", "--guidance-scale", "2"], tmp_path, "c")
     for pair, message in ((("a", "c"), "differ in ['guidance_scale']"), (("a", "a"), "labels repeat")):
         paths = [str(tmp_path / f"{p}.json") for p in pair]
@@ -72,3 +73,11 @@ def test_bad_models_are_refused_before_sampling(tmp_path, capsys):
     assert "--models" in capsys.readouterr().err and not (out / "prediction_targets.json").exists()
     with pytest.raises(SystemExit):
         main(["--quick", "--out-dir", str(out)])  # neither --models nor --merge
+
+
+def test_trained_steps_come_from_the_training_summary(tmp_path):
+    from lib.targets_benchmark import trained_steps
+
+    assert trained_steps(tmp_path) is None
+    (tmp_path / "training_summary.json").write_text('{"task": "cfg", "global_step": 1500}')
+    assert trained_steps(tmp_path) == 1500

@@ -40,6 +40,12 @@ def trained_target(info: Any) -> str:
     return info.prediction_target or info.scheduler_config.get("prediction_type", "epsilon")
 
 
+def trained_steps(folder: str | Path) -> int | None:
+    """The optimizer steps a trained folder records (its training_summary.json), None when it records none."""
+    path = Path(folder) / "training_summary.json"
+    return json.loads(path.read_text()).get("global_step") if path.is_file() else None
+
+
 def run_targets_benchmark(
     models: Sequence[tuple[str, str]],
     sampler: str = "dpm++2m",
@@ -62,7 +68,8 @@ def run_targets_benchmark(
     for info, label in infos:
         pipe = load_pipeline(str(info.folder), sampler, device)
         pipe.set_progress_bar_config(disable=True)
-        row = {"label": label, "folder": str(info.folder), "target": trained_target(info)}
+        row = {"label": label, "folder": str(info.folder), "target": trained_target(info),
+               "trained_steps": trained_steps(info.folder)}  # fmt: skip
         for name, w in (("unguided", 1.0), ("guided", guidance_scale)):
             result = evaluate_pipeline(pipe, w, num_per_class, steps, batch_size, seed)
             row |= {f"{name}_{k}": result[k] for k in SAMPLE_KEYS}
@@ -87,7 +94,7 @@ def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
         differ = [k for k in COMPARABLE if report["settings"].get(k) != first.get(k)]
         if differ:
             raise ValueError(f"--merge: reports differ in {differ}; only runs with the same settings share a table")
-    rows = [row for report in reports for row in report["rows"]]
+    rows = [{"trained_steps": trained_steps(row["folder"])} | row for report in reports for row in report["rows"]]
     labels = [row["label"] for row in rows]
     if len(set(labels)) != len(labels):
         raise ValueError(f"--merge: model labels repeat across the reports: {labels}")
@@ -98,6 +105,7 @@ def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
 COLUMNS = (
     ("model", "label", ""),
     ("target", "target", ""),
+    ("steps trained", "trained_steps", ""),
     ("**bits/dim**", "bits_per_dim", ".3f"),
     ("± s.e.", "standard_error", ".3f"),
     ("unguided accuracy", "unguided_accuracy", ".1%"),
