@@ -78,3 +78,17 @@ def encoder_folder(tmp_path_factory) -> str:
     BertModel(config).eval().save_pretrained(folder)
     AutoTokenizer.from_pretrained(resolve_text_encoder(DEFAULT_TEXT_ENCODER)).save_pretrained(folder)
     return str(folder)
+
+
+def latents_after_first_step(sample, pipe, **kwargs) -> torch.Tensor:
+    """The latents after the first denoising step of `sample(pipe, callback_on_step_end=..., **kwargs)` (the call is
+    interrupted there)."""
+    seen = []
+
+    def grab(p, i, t, tensors):
+        seen.append(tensors["latents"].clone())
+        p._interrupt = True
+        return {}
+
+    sample(pipe, callback_on_step_end=grab, **kwargs)
+    return seen[0]

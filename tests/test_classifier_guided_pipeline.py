@@ -12,7 +12,7 @@ import torch
 from condiff.pipelines import ClassConditionalDDPMPipeline, ClassifierGuidedPipeline
 from condiff.pipelines.guidance import alpha_prod_at, classifier_log_prob_grad, score_correction
 from condiff.pipelines.noise_aware_classifier import NoiseAwareClassifier
-from conftest import sample_without_condiff
+from conftest import latents_after_first_step, sample_without_condiff
 from diffusers import (
     DDIMScheduler,
     DDPMPipeline,
@@ -65,16 +65,8 @@ def sample(pipe, **kwargs):
 
 
 def after_first_step(pipe, **kwargs):
-    """Latents after the first denoising step."""
-    seen = []
-
-    def grab(p, i, t, tensors):
-        seen.append(tensors["latents"].clone())
-        p._interrupt = True
-        return {}
-
-    sample(pipe, callback_on_step_end=grab, **kwargs)
-    return seen[0]
+    """Latents after the first denoising step of this file's `sample`."""
+    return latents_after_first_step(sample, pipe, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------ the formulas

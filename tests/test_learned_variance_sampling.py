@@ -11,6 +11,7 @@ from condiff.pipelines import ClassConditionalDDPMPipeline, ClassifierGuidedPipe
 from condiff.pipelines.guidance import classifier_log_prob_grad
 from condiff.pipelines.noise_aware_classifier import NoiseAwareClassifier
 from condiff.pipelines.variance import check_variance_setup, target_from_epsilon
+from conftest import latents_after_first_step
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.models.unets.unet_2d import UNet2DOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -134,15 +135,8 @@ def classifier():
 
 
 def after_first_step(pipe, **kwargs):
-    seen = []
-
-    def grab(p, i, t, tensors):
-        seen.append(tensors["latents"].clone())
-        p._interrupt = True
-        return {}
-
-    sample(pipe, callback_on_step_end=grab, **kwargs)
-    return seen[0]
+    """Latents after the first denoising step of this file's `sample`."""
+    return latents_after_first_step(sample, pipe, **kwargs)
 
 
 def test_mean_shift_uses_the_learned_sigma_per_pixel():
