@@ -5,6 +5,7 @@ draws from seed s + b, 4 batches of 250). The gate curve is the shipped model's 
 
     python benchmarks/gated_cfg.py                         # the published run (resumes from the .jsonl file)
     python benchmarks/gated_cfg.py --settings gated --seeds 0 --num-per-class 10 --out-dir /tmp/gated   # smoke
+    python benchmarks/gated_cfg.py --model out/other-cfg-folder --out-dir out/gated   # another model (its own curve)
 
 Writes <out-dir>/gated_cfg.{jsonl,md}. The code is `condiff.evaluation.gating`.
 """
@@ -34,18 +35,21 @@ def main() -> int:
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 4, 8, 12])
     p.add_argument("--num-per-class", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--model", type=Path, default=None, help="a class-conditional folder (default: the shipped one)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    pipe = ClassConditionalDDPMPipeline.from_pretrained(shipped_model_path())
+    pipe = ClassConditionalDDPMPipeline.from_pretrained(args.model or shipped_model_path())
     pipe.set_progress_bar_config(disable=True)
     if pipe.config.get("gated_cfg_curve") is None:
-        print("error: the shipped model has no gated_cfg_curve", file=sys.stderr)
+        print(f"error: {args.model or 'the shipped model'} has no gated_cfg_curve (condiff.evaluation.fit_gate_curve)",
+              file=sys.stderr)  # fmt: skip
         return 2
     settings = {SETTINGS[k][0]: SETTINGS[k][1] for k in args.settings}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     rows = measure_on_seeds(pipe, settings, args.seeds, args.out_dir / "gated_cfg.jsonl", evaluate_pipeline,
                             args.num_per_class)  # fmt: skip
-    header = (f"# Gated CFG vs CFG on the interval, shipped MNIST model, {10 * args.num_per_class} samples per row "
+    model = f"`{args.model}`" if args.model else "shipped MNIST model"
+    header = (f"# Gated CFG vs CFG on the interval, {model}, {10 * args.num_per_class} samples per row "
               "(`python benchmarks/gated_cfg.py`)")  # fmt: skip
     (args.out_dir / "gated_cfg.md").write_text(seeds_markdown(rows, header))
     print((args.out_dir / "gated_cfg.md").read_text())

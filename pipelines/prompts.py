@@ -38,11 +38,19 @@ class PromptConditionsMixin:
         """The UNet's dtype; the text encoder's in a pipeline built with a text encoder alone."""
         return (self.unet if self.unet is not None else self.text_encoder).dtype
 
+    @property
+    def text_tokens(self) -> int:
+        """Tokens per prompt embedding: `max_text_length`, plus the pooled token when the config has one."""
+        return self.config.max_text_length + int(bool(self.config.get("pooled_text_token", False)))
+
     def _encode(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Text-encoder hidden states (N, max_text_length, width) on the execution device, in `_embeds_dtype`."""
+        """Text-encoder hidden states (N, text_tokens, width) on the execution device, in `_embeds_dtype`."""
         if self.text_encoder is None:
             raise ValueError("this pipeline has no text encoder (text_encoder_name_or_path=None): pass prompt_embeds")
-        embeds = encode_text(self.text_encoder, self.tokenizer, prompts, self.config.max_text_length)
+        pooled = bool(self.config.get("pooled_text_token", False))
+        embeds = encode_text(
+            self.text_encoder, self.tokenizer, prompts, self.config.max_text_length, pooled_token=pooled
+        )
         return embeds.to(self._execution_device, self._embeds_dtype())
 
     def encode_prompt(
@@ -56,7 +64,7 @@ class PromptConditionsMixin:
         negative_prompt_embeds: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """diffusers' `encode_prompt`: `(prompt_embeds, negative_prompt_embeds)`, each (N * num_images_per_prompt,
-        max_text_length, width), one row per image; the negative ones are the null condition "" unless
+        text_tokens, width), one row per image; the negative ones are the null condition "" unless
         `negative_prompt(_embeds)` is given, and None when `do_classifier_free_guidance` is False. Works on a
         pipeline built with a text encoder alone (`unet=None, vae=None`); pass the results to `__call__`."""
         check_positive_int("num_images_per_prompt", num_images_per_prompt, MAX_IMAGES_PER_CALL)
@@ -80,7 +88,7 @@ class PromptConditionsMixin:
             raise ValueError(f"{name} must be a tensor of shape {shape}, got {got}")
         if tokens is not None and embeds.shape[1] != tokens:
             raise ValueError(
-                f"{name} must have shape {shape} (the null/negative prompt is encoded to max_text_length tokens; or "
+                f"{name} must have shape {shape} (the null/negative prompt is encoded to text_tokens tokens; or "
                 f"pass negative_prompt_embeds of the same shape), got {tuple(embeds.shape)}"
             )
         if not embeds.dtype.is_floating_point:
@@ -103,7 +111,7 @@ class PromptConditionsMixin:
         negatives = (
             None if paired else check_prompts("negative_prompt", "" if negative_prompt is None else negative_prompt)
         )
-        tokens = None if paired else self.config.max_text_length
+        tokens = None if paired else self.text_tokens
         cond = None if prompt_embeds is None else self._check_embeds("prompt_embeds", prompt_embeds, tokens)
         uncond = self._check_embeds("negative_prompt_embeds", negative_prompt_embeds) if paired else None
         n = len(prompts) if prompts is not None else len(cond)

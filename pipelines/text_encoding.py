@@ -58,10 +58,17 @@ def text_width(text_encoder: Any) -> int:
 
 @torch.no_grad()
 def encode_text(
-    text_encoder: Any, tokenizer: Any, prompts: Sequence[str], max_length: int, batch_size: int = 256
+    text_encoder: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_length: int,
+    batch_size: int = 256,
+    pooled_token: bool = False,
 ) -> torch.Tensor:
     """Last hidden states (N, max_length, width) of `prompts`, padded to `max_length` tokens; longer prompts are
-    truncated with a warning naming them. Runs on the encoder's device; returns its dtype there."""
+    truncated with a warning naming them. `pooled_token` appends one more token, the mean of the hidden states over
+    the prompt's own tokens (padding excluded): the sentence embedding that sentence-transformers models are trained
+    to give (N, max_length + 1, width). Runs on the encoder's device; returns its dtype there."""
     device = next(text_encoder.parameters()).device
     out = []
     for i in range(0, len(prompts), batch_size):
@@ -76,8 +83,11 @@ def encode_text(
                 max_length,
                 short_repr(too_long[0]),  # a 1M-character prompt must not become a 1M-character log line
             )
-        hidden = text_encoder(
-            input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device)
-        ).last_hidden_state
+        mask = tokens["attention_mask"].to(device)
+        hidden = text_encoder(input_ids=tokens["input_ids"].to(device), attention_mask=mask).last_hidden_state
+        if pooled_token:
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True)
+            hidden = torch.cat([hidden, pooled], dim=1)
         out.append(hidden)
     return torch.cat(out)

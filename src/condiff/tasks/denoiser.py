@@ -4,6 +4,8 @@ shape, the noise schedule and prediction type, and the validation sampler's sett
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from condiff.engine.args import require_int, require_real
 from condiff.options import NETWORK_TARGETS, NOISE_SCHEDULES, PREDICTION_TYPES, UNET_ARCHITECTURES, VARIANCE_TYPES
@@ -22,6 +24,13 @@ def add_denoiser_arguments(p: argparse.ArgumentParser, parametrisations: bool = 
         choices=UNET_ARCHITECTURES,
         default="UNet2DModel",
         help="UNet2DConditionModel (no cross-attention) is the one a guidance-distilled student can share (distill)",
+    )
+    g.add_argument(
+        "--init_unet",
+        type=Path,
+        default=None,
+        help="fine-tune: start from the unet/ weights of this saved pipeline folder (its shape must be the flags'); "
+        "a resumed checkpoint takes precedence",
     )
     add_diffusion_arguments(p, parametrisations)
 
@@ -87,6 +96,43 @@ def check_denoiser_args(a: argparse.Namespace) -> None:
     check_channels(a.block_out_channels, a.norm_num_groups)
     if getattr(a, "architecture", "UNet2DModel") != "UNet2DModel" and a.attention:
         raise ValueError("--attention is available only with --architecture UNet2DModel")
+    check_init_unet(a)
+
+
+def check_init_unet(a: argparse.Namespace) -> None:
+    """`--init_unet` names a saved folder with a UNet of `--architecture` (its shapes are compared when loaded)."""
+    folder = getattr(a, "init_unet", None)
+    if folder is None:
+        return
+    config, weights = Path(folder) / "unet" / "config.json", Path(folder) / "unet" / INIT_WEIGHTS
+    if not config.is_file() or not weights.is_file():
+        raise ValueError(f"--init_unet {folder}: needs unet/config.json and unet/{INIT_WEIGHTS} (a folder saved by "
+                         "condiff train or save_pretrained)")  # fmt: skip
+    found = json.loads(config.read_text()).get("_class_name")
+    if found != a.architecture:
+        raise ValueError(f"--init_unet {folder} holds a {found}, --architecture is {a.architecture}: pass "
+                         f"--architecture {found}")  # fmt: skip
+
+
+INIT_WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+def load_init_unet(unet, a: argparse.Namespace):
+    """Copy `--init_unet`'s weights into the freshly built `unet` (no-op without the flag); a shape that differs
+    from the flags' UNet is refused, naming the flag and the first differing tensors."""
+    folder = getattr(a, "init_unet", None)
+    if folder is None:
+        return unet
+    from safetensors.torch import load_file
+
+    saved, own = load_file(Path(folder) / "unet" / INIT_WEIGHTS), unet.state_dict()
+    shared = own.keys() & saved.keys()
+    differ = sorted((own.keys() ^ saved.keys()) | {k for k in shared if own[k].shape != saved[k].shape})
+    if differ:
+        raise ValueError(f"--init_unet {folder}: its UNet does not match the model flags (--block_out_channels, "
+                         f"--layers_per_block, ...): {len(differ)} tensors differ, e.g. {differ[:3]}")  # fmt: skip
+    unet.load_state_dict(saved)
+    return unet
 
 
 def check_diffusion_args(a: argparse.Namespace) -> None:
@@ -133,7 +179,7 @@ def build_denoiser(a: argparse.Namespace, channels: int, num_classes: int | None
             num_classes, a.resolution, channels, blocks, a.layers_per_block, a.norm_num_groups,
             out_channels=out_channels,
         )  # fmt: skip
-        return unet, scheduler
+        return load_init_unet(unet, a), scheduler
     unet = class_conditional_unet(
         num_classes,
         a.resolution,
@@ -144,7 +190,7 @@ def build_denoiser(a: argparse.Namespace, channels: int, num_classes: int | None
         a.norm_num_groups,
         out_channels=out_channels,
     )
-    return unet, scheduler
+    return load_init_unet(unet, a), scheduler
 
 
 def save_grid(images: list, rows: int, path):

@@ -44,6 +44,12 @@ class LatentCFGTask(ImageDataTask):
         g.add_argument("--vae", required=True, help="folder of a trained AutoencoderKL (scripts/train_vae.py)")
         g.add_argument("--text_encoder", default=DEFAULT_TEXT_ENCODER, help="folder or Hub id of a text encoder")
         g.add_argument("--max_text_length", type=int, default=16, help="tokens per prompt (padded / truncated)")
+        g.add_argument(
+            "--pooled_text_token",
+            action="store_true",
+            help="one more cross-attention token: the mean of the encoder's hidden states over the caption (the "
+            "sentence embedding of sentence-transformers models), for prompts phrased unlike the captions",
+        )
         g.add_argument("--caption_column", default=None, help="captions from the data set (default: MNIST captions)")
         g.add_argument("--captions_per_image", type=int, default=4, help="MNIST captions written per image")
         g.add_argument("--p_uncond", type=float, default=0.1, help="probability of training on the empty caption")
@@ -124,7 +130,11 @@ class LatentCFGTask(ImageDataTask):
         else:
             per_image = self.mnist_captions()
         table = CaptionTable.from_captions(per_image)
-        table.embeddings = encode_text(encoder, tokenizer, table.texts, a.max_text_length).float().cpu()
+        table.embeddings = (
+            encode_text(encoder, tokenizer, table.texts, a.max_text_length, pooled_token=a.pooled_text_token)
+            .float()
+            .cpu()
+        )
         return table
 
     def mnist_captions(self) -> list[list[str]]:
@@ -190,6 +200,7 @@ class LatentCFGTask(ImageDataTask):
             tokenizer=self.tokenizer,
             text_encoder_name_or_path=a.text_encoder,
             max_text_length=a.max_text_length,
+            pooled_text_token=a.pooled_text_token,
             id2label=dict(enumerate(self.data.label_names)) if a.use_class_labels else None,
             default_num_inference_steps=a.validation_inference_steps,
             default_guidance_scale=a.validation_guidance_scale,

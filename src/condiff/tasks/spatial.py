@@ -19,6 +19,7 @@ from condiff.tasks.denoiser import (
     check_denoiser_args,
     denoiser_training_scheduler,
     learns_variance,
+    load_init_unet,
     network_target,
     unet_output_channels,
 )
@@ -105,7 +106,7 @@ class SpatialConditionTask(ImageDataTask):
             NOISE_LEVEL_EMBEDDING_DIM if a.condition == "super_resolution" else None, self.condition_channels,
             unet_output_channels(a, self.data.channels),
         )  # fmt: skip
-        return Modules(trained={"unet": unet})
+        return Modules(trained={"unet": load_init_unet(unet, a)})
 
     def condition(self, images, labels, generator):
         """(spatial condition at the images' size, UNet keyword inputs) of one batch; noise from `generator`."""
