@@ -39,17 +39,21 @@ class PromptConditionsMixin:
         return (self.unet if self.unet is not None else self.text_encoder).dtype
 
     @property
+    def pooled_text_token(self) -> bool:
+        """Whether prompts get the pooled token (`text_encoding.encode_text`); False in folders saved before it."""
+        return bool(self.config.get("pooled_text_token", False))
+
+    @property
     def text_tokens(self) -> int:
         """Tokens per prompt embedding: `max_text_length`, plus the pooled token when the config has one."""
-        return self.config.max_text_length + int(bool(self.config.get("pooled_text_token", False)))
+        return self.config.max_text_length + int(self.pooled_text_token)
 
     def _encode(self, prompts: Sequence[str]) -> torch.Tensor:
         """Text-encoder hidden states (N, text_tokens, width) on the execution device, in `_embeds_dtype`."""
         if self.text_encoder is None:
             raise ValueError("this pipeline has no text encoder (text_encoder_name_or_path=None): pass prompt_embeds")
-        pooled = bool(self.config.get("pooled_text_token", False))
         embeds = encode_text(
-            self.text_encoder, self.tokenizer, prompts, self.config.max_text_length, pooled_token=pooled
+            self.text_encoder, self.tokenizer, prompts, self.config.max_text_length, pooled_token=self.pooled_text_token
         )
         return embeds.to(self._execution_device, self._embeds_dtype())
 
