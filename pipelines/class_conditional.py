@@ -12,24 +12,13 @@ import torch
 from diffusers import UNet2DConditionModel, UNet2DModel
 from diffusers.schedulers import SchedulerMixin
 
-from .checks import (
-    MAX_IMAGES_PER_CALL,
-    check_guide_unet,
-    check_positive_int,
-    check_scale,
-    resolve_num_images,
-    unet_sample_size,
-)
-from .corrector import DEFAULT_CORRECTOR_SNR, check_corrector_arguments, corrector_for_call
+from .call_docs import shared_call_docs
+from .checks import check_guide_unet, check_positive_int, resolve_num_images, unet_sample_size
+from .config_defaults import checked_defaults
+from .corrector import DEFAULT_CORRECTOR_SNR, corrector_for_call
 from .denoising import CondiffPipeline, StepCallback
-from .guidance import (
-    autoguidance_defaults,
-    check_default_guidance_scale,
-    check_gate_curve,
-    check_guidance_arguments,
-)
 from .guiders import EmbeddedGuidance
-from .labels import LabelInput, ids_per_image, normalize_id2label, parse_labels
+from .labels import LabelInput, ids_per_image, parse_labels
 from .locking import serialized_call
 from .networks import class_unet_forward, to_channels_last
 from .outputs import CondiffPipelineOutput
@@ -40,6 +29,7 @@ from .variance import check_prediction_target, epsilon_output
 # the modules the shared loop needs are named here too, so `custom_pipeline="pipelines/<this file>"` loads.
 from .callbacks import step_callback  # noqa: F401
 from .diffusers_guiders import DiffusersGuidance  # noqa: F401
+from .guidance import check_guidance_arguments  # noqa: F401
 from .saved_folder import check_saved_folder  # noqa: F401
 from .schedules import check_schedule  # noqa: F401
 from .weights import refusing_unsafe_pickles  # noqa: F401
@@ -115,31 +105,16 @@ class ClassConditionalDDPMPipeline(CondiffPipeline):
             raise ValueError("unet must not use cross-attention (text conditioning): use LatentCFGPipeline for that")
         check_guide_unet(unet, guide_unet)
         self.register_modules(unet=unet, scheduler=scheduler, guide_unet=guide_unet)
-        check_positive_int("default_num_inference_steps", default_num_inference_steps)
-        check_guidance_arguments(1.0, 0.0, default_guidance_interval)
-        guidance_defaults = autoguidance_defaults(default_guidance, autoguidance_cfg_scale, autoguidance_cfg_interval)
-        if gated_cfg_curve is not None:
-            check_gate_curve(gated_cfg_curve)
-        check_scale("gated_cfg_threshold", gated_cfg_threshold)
-        if micro_batch_size is not None:
-            check_positive_int("micro_batch_size", micro_batch_size, MAX_IMAGES_PER_CALL)
-        check_default_guidance_scale(default_guidance_scale, guidance_scale_range)
         check_prediction_target(prediction_target, scheduler)
-        check_corrector_arguments(default_corrector_steps, default_corrector_snr, prefix="default_")
-        self.register_to_config(
-            id2label=normalize_id2label(id2label),
-            default_num_inference_steps=default_num_inference_steps,
-            default_guidance_interval=[float(v) for v in default_guidance_interval],
-            micro_batch_size=micro_batch_size,
-            guidance_scale_range=None if guidance_scale_range is None else [float(v) for v in guidance_scale_range],
-            default_guidance_scale=None if default_guidance_scale is None else float(default_guidance_scale),
-            **guidance_defaults,
-            gated_cfg_curve=None if gated_cfg_curve is None else [[float(t), float(v)] for t, v in gated_cfg_curve],
-            gated_cfg_threshold=float(gated_cfg_threshold),
-            prediction_target=prediction_target,
-            default_corrector_steps=int(default_corrector_steps),
-            default_corrector_snr=float(default_corrector_snr),
-        )
+        config = checked_defaults(
+            id2label=id2label, default_num_inference_steps=default_num_inference_steps,
+            default_guidance_interval=default_guidance_interval, micro_batch_size=micro_batch_size,
+            guidance_scale_range=guidance_scale_range, default_guidance_scale=default_guidance_scale,
+            default_guidance=default_guidance, autoguidance_cfg_scale=autoguidance_cfg_scale,
+            autoguidance_cfg_interval=autoguidance_cfg_interval, gated_cfg_curve=gated_cfg_curve,
+            gated_cfg_threshold=gated_cfg_threshold, default_corrector_steps=default_corrector_steps,
+            default_corrector_snr=default_corrector_snr)  # fmt: skip
+        self.register_to_config(**config, prediction_target=prediction_target)
 
     def _after_loading(self, kwargs: dict) -> None:
         to_channels_last(self, ("unet", "guide_unet"), kwargs)
@@ -176,13 +151,11 @@ class ClassConditionalDDPMPipeline(CondiffPipeline):
     def call_guidance(self, guidance: Any, scale: float, rescale: float, interval: tuple, given: tuple = (None, None)):
         """The guidance object of a call, refused before any sampling when it cannot apply to this UNet (`given`:
         the call's own guidance_scale and guidance_interval arguments)."""
-        guidance = self.config.get("default_guidance", "cfg") if guidance is None else guidance
         if self.guidance_embedded:
+            guidance = self.config.get("default_guidance", "cfg") if guidance is None else guidance
             trained = self.config.get("guidance_scale_range")
             return EmbeddedGuidance.for_call(guidance, scale, rescale, trained, interval)
-        method = self._guidance(guidance, interval, *given)
-        check_guide_unet(self.unet, self.guide_unet)
-        return method
+        return self._guidance(guidance, interval, *given)
 
     def _predict(self, network: Any, sample: torch.Tensor, labels: torch.Tensor, t: Any, scale: Any) -> torch.Tensor:
         output = class_unet_forward(network, sample, labels, t, scale, self.config.micro_batch_size)
@@ -191,6 +164,7 @@ class ClassConditionalDDPMPipeline(CondiffPipeline):
 
     @serialized_call  # schedulers are stateful: concurrent calls on one pipeline take turns (locking.py)
     @torch.inference_mode()
+    @shared_call_docs
     def __call__(  # long: the documented argument list; the work is in CondiffPipeline
         self,
         label: LabelInput = None,
@@ -218,14 +192,8 @@ class ClassConditionalDDPMPipeline(CondiffPipeline):
             guidance_scale: w. CFG: uncond + w (cond - uncond), 0 = unconditional, 1 = conditional; autoguidance:
                 guide + w (cond - guide), 1 = the main model alone (a callback setting 0 mid-call means "guidance
                 off"). Default: the model's `default_guidance_scale` (None: 3, clamped into its trained range).
-            num_inference_steps: denoising steps; default: the model's `default_num_inference_steps`.
-            generator: a `torch.Generator`, or one per image, for reproducible sampling.
-            latents: initial noise of shape (N, C, H, W); drawn from `generator` when None.
-            guidance_rescale: Lin et al. (2023) rescale factor in [0, 1] (CFG).
-            guidance_interval: (lo, hi) fractions of the noise range where guidance applies; elsewhere w = 1.
-                Default: the model's `default_guidance_interval` ((0, 1) = every step).
-            output_type: "pil", "np", "pt" (a [0, 1] tensor) or "latent" (the final model-space tensor, untouched).
-            return_dict: return a `CondiffPipelineOutput` instead of a tuple.
+            {shared: num_inference_steps, generator, latents, guidance_rescale, guidance_interval, output_type}
+            {shared: return_dict}
             callback_on_step_end: called as `fn(pipe, step, timestep, {"latents": ...})` after each step; it may
                 return a dict with a replacement "latents" (or "prompt_embeds": class ids, 2N = [null; labels], N or
                 1 = the labels), and may set `pipe._guidance_scale` (0.0 = guidance off: conditional only, as in
@@ -233,17 +201,12 @@ class ClassConditionalDDPMPipeline(CondiffPipeline):
                 `MultiPipelineCallbacks` brings its own `tensor_inputs`.
             callback_on_step_end_tensor_inputs: tensors passed to the callback ("latents", "prompt_embeds",
                 "denoised": the step's estimate of x0, for previews).
-            num_images_per_prompt: diffusers' name, accepted as an alias of `num_images_per_label`; giving both with
-                different values is an error, unless `num_images_per_label` is left at 1.
+            {shared: num_images_per_prompt}
             guidance: "cfg", "autoguidance" (needs `guide_unet`), "gated_cfg" (CFG only for the images that need it:
                 `GatedClassifierFreeGuidance`; needs the config's gate curve), a condiff `Guidance` object or a
                 diffusers guider (`diffusers.guiders.ClassifierFreeGuidance`, `AdaptiveProjectedGuidance`, ...,
                 which brings its own scale). Default: the model's `default_guidance`.
-            corrector_steps: Langevin corrector steps (Song et al. 2021, predictor-corrector) at each timestep before
-                the scheduler's step, 0..100, each one guided prediction (counted in `nfe_per_image`). Default: the
-                model's `default_corrector_steps` (0: none).
-            corrector_snr: the corrector's signal-to-noise ratio r in (0, 1] (step size 2 alpha_t (r ||z|| / ||s||)^2
-                per image). Default: the model's `default_corrector_snr` (0.16).
+            {shared: corrector_steps, corrector_snr}
 
         Examples:
         ```py

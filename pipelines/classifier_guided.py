@@ -15,19 +15,19 @@ from diffusers import UNet2DModel
 from diffusers.schedulers import SchedulerMixin
 from diffusers.utils import logging
 
+from .call_docs import shared_call_docs
 from .checks import MAX_ROWS_PER_PASS, check_positive_int, check_scale, resolve_num_images, unet_sample_size
 from .classifiers import (
     ClassifierComponent,
-    check_classifier_fits,
     check_guidable_scheduler,
-    classifier_guidance_method,
     is_noise_aware,
 )
-from .corrector import DEFAULT_CORRECTOR_SNR, check_corrector_arguments, corrector_for_call
+from .config_defaults import checked_defaults
+from .corrector import DEFAULT_CORRECTOR_SNR, corrector_for_call
 from .denoising import CondiffPipeline, StepCallback
 from .guidance import check_guidance_arguments
 from .guiders import ClassifierGuidance, Guidance
-from .labels import LabelInput, ids_per_image, normalize_id2label, parse_labels
+from .labels import LabelInput, ids_per_image, parse_labels
 from .locking import serialized_call
 from .networks import micro_batched, unet_extra_inputs
 from .outputs import CondiffPipelineOutput
@@ -86,19 +86,11 @@ class ClassifierGuidedPipeline(ClassifierComponent, CondiffPipeline):
     ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, classifier=classifier)
-        check_positive_int("default_num_inference_steps", default_num_inference_steps)
-        check_scale("default_classifier_scale", default_classifier_scale)
-        check_guidance_arguments(default_guidance_scale, 0.0, default_guidance_interval)
-        check_corrector_arguments(default_corrector_steps, default_corrector_snr, prefix="default_")
-        self.register_to_config(
-            id2label=normalize_id2label(id2label),
-            default_num_inference_steps=default_num_inference_steps,
-            default_classifier_scale=float(default_classifier_scale),
-            default_guidance_interval=[float(v) for v in default_guidance_interval],
-            default_guidance_scale=float(default_guidance_scale),
-            default_corrector_steps=int(default_corrector_steps),
-            default_corrector_snr=float(default_corrector_snr),
-        )
+        self.register_to_config(**checked_defaults(
+            id2label=id2label, default_num_inference_steps=default_num_inference_steps,
+            default_classifier_scale=default_classifier_scale, default_guidance_interval=default_guidance_interval,
+            default_guidance_scale=default_guidance_scale, default_corrector_steps=default_corrector_steps,
+            default_corrector_snr=default_corrector_snr))  # fmt: skip
         self.check_components()
 
     # ------------------------------------------------------------------------------------------- state and checks
@@ -117,18 +109,6 @@ class ClassifierGuidedPipeline(ClassifierComponent, CondiffPipeline):
     def classifier_scale(self) -> float:
         """s of the running call; the loop reads `_classifier_scale` each step."""
         return self._classifier_scale
-
-    def check_components(self) -> None:
-        """Raise a ValueError when the classifier does not fit the UNet and scheduler (classes, channels, image
-        size, number of training timesteps)."""
-        check_classifier_fits(self.unet.config, self.classifier, self.scheduler.config)
-
-    def default_guidance_method(self) -> str:
-        """The mean shift for an ancestral DDPM scheduler, the score correction for every other scheduler."""
-        return classifier_guidance_method(self.scheduler, None)
-
-    def check_guidance_method(self, guidance_method: Any) -> str:
-        return classifier_guidance_method(self.scheduler, guidance_method)
 
     def check_inputs(
         self, label: LabelInput, num_images: int, steps: int, generator: Any, classifier_scale: Any, guidance_scale: Any
@@ -159,9 +139,6 @@ class ClassifierGuidedPipeline(ClassifierComponent, CondiffPipeline):
 
         return micro_batched(forward, MAX_ROWS_PER_PASS, sample, labels)
 
-    def _classify(self, sample: torch.Tensor, *timestep: Any) -> torch.Tensor:
-        return self.classifier(sample.to(self.classifier.dtype), *timestep)
-
     def _callback_pair(self, conditions: dict) -> tuple:
         """An unconditional UNet takes no class ids: a callback is shown the requested labels (or -1), and what it
         hands back is not used."""
@@ -182,6 +159,7 @@ class ClassifierGuidedPipeline(ClassifierComponent, CondiffPipeline):
 
     @serialized_call  # schedulers are stateful: concurrent calls on one pipeline take turns (locking.py)
     @torch.no_grad()  # not inference_mode: the classifier's gradient needs autograd inside the loop
+    @shared_call_docs
     def __call__(  # long: the documented argument list; the work is in CondiffPipeline
         self,
         label: LabelInput = None,
@@ -206,32 +184,29 @@ class ClassifierGuidedPipeline(ClassifierComponent, CondiffPipeline):
 
         Args:
             label: class id(s) or name(s); `None` samples without guidance (unconditionally).
-            num_images_per_label: images generated for each entry of `label` (alias: `num_images_per_prompt`).
+            num_images_per_label: images generated for each entry of `label`.
             classifier_scale: s, the weight of grad log p(y | x_t); 0 = unguided, bit for bit. Default: the
                 model's `default_classifier_scale`.
             guidance_scale: CFG's w for a class-conditional UNet (default: the model's `default_guidance_scale`, 1 =
                 the conditional prediction); ignored, as in diffusers pipelines, for an unconditional UNet (a warning
                 when it is not 1).
-            num_inference_steps: denoising steps; default: the model's `default_num_inference_steps`.
-            generator, latents: as in diffusers pipelines.
+            {shared: num_inference_steps, generator, latents}
             guidance_method: "mean_shift" (Algorithm 1, ancestral DDPM only) or "score" (Algorithm 2, any
                 scheduler). Default: "mean_shift" for DDPM, "score" otherwise.
             guidance_interval: (lo, hi) fractions of the noise range where both guidances apply.
-            output_type: "pil", "np", "pt" or "latent".
+            {shared: output_type, return_dict, num_images_per_prompt}
             callback_on_step_end: `fn(pipe, step, timestep, {"latents": ...})` after each step; may return a new
                 "latents" (or "prompt_embeds": the UNet's class ids, [null; labels], as in the CFG pipeline), and
                 may set `pipe._classifier_scale`, `pipe._guidance_scale` (0.0 = CFG off: conditional only, as in
                 diffusers' `SDCFGCutoffCallback`; classifier guidance stays) or `pipe._interrupt`.
             guidance: the class-conditional UNet's own guidance under the classifier's: "cfg" (default) or a
                 diffusers guider (which brings its own scale).
-            corrector_steps, corrector_snr: Langevin corrector steps (0..100) at each timestep before the scheduler's
-                step and their signal-to-noise ratio in (0, 1], as in `ClassConditionalDDPMPipeline`; the corrector
-                steps with the guided score (the mean shift's s Sigma g as the score's + s g). Default: the model's
-                `default_corrector_steps` (0: none) and `default_corrector_snr` (0.16).
+            {shared: corrector_steps, corrector_snr}
 
         Returns:
             [`CondiffPipelineOutput`] with `images` and `nfe_per_image` (UNet rows per image; training-free guidance
-            also runs one UNet backward pass per guided step), or `(images,)` when `return_dict` is False.
+            also runs one UNet backward pass per guided step), or `(images,)` when `return_dict` is False. The
+            corrector steps with the guided score (the mean shift's s Sigma g as the score's + s g).
         """
         num_images = resolve_num_images(num_images_per_label, num_images_per_prompt)
         scale = self.config.default_classifier_scale if classifier_scale is None else classifier_scale

@@ -98,8 +98,9 @@ def load_saved_classifier(path: str | os.PathLike, kwargs: dict) -> Any:
 
 
 class ClassifierComponent:
-    """`from_pretrained` / `save_pretrained` of a pipeline with an optional `classifier` component (mixed in before
-    the pipeline class): the classifier's code is saved next to its weights and loaded with this package's class."""
+    """A pipeline's optional `classifier` component (mixed in before the pipeline class): `from_pretrained` /
+    `save_pretrained` (the classifier's code is saved next to its weights and loaded with this package's class), its
+    fit with the UNet and scheduler, and the classifier-guidance method the scheduler allows."""
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
@@ -126,6 +127,22 @@ class ClassifierComponent:
         with `DiffusionPipeline.from_pretrained(folder, custom_pipeline=folder, trust_remote_code=True)`."""
         super().save_pretrained(save_directory, **kwargs)
         save_classifier_code(self.classifier, save_directory)
+
+    def check_components(self) -> None:
+        """Raise a ValueError when the classifier does not fit the UNet and scheduler (classes, channels, image
+        size, number of training timesteps)."""
+        check_classifier_fits(self.unet.config, self.classifier, self.scheduler.config)
+
+    def default_guidance_method(self) -> str:
+        """The mean shift for an ancestral DDPM scheduler, the score correction for every other scheduler."""
+        return classifier_guidance_method(self.scheduler, None)
+
+    def check_guidance_method(self, guidance_method: Any) -> str:
+        return classifier_guidance_method(self.scheduler, guidance_method)
+
+    def _classify(self, sample: Any, *timestep: Any) -> Any:
+        """The classifier's logits for `sample` (at `timestep` for a noise-aware one), in the classifier's dtype."""
+        return self.classifier(sample.to(self.classifier.dtype), *timestep)
 
 
 def classifier_guidance_method(scheduler: Any, method: Any) -> str:

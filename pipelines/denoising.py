@@ -20,7 +20,14 @@ from diffusers import DiffusionPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 
 from .callbacks import Pair, step_callback
-from .checks import check_callback_inputs, check_finite_state, check_output_type, check_positive_int, short_repr
+from .checks import (
+    check_callback_inputs,
+    check_finite_state,
+    check_guide_unet,
+    check_output_type,
+    check_positive_int,
+    short_repr,
+)
 from .diffusers_guiders import diffusers_guidance, is_diffusers_guider
 from .guidance import (
     GUIDANCE_NAMES,
@@ -132,11 +139,15 @@ class CondiffPipeline(DiffusionPipeline):
         return steps, float(scale), tuple(float(v) for v in interval), list(tensor_inputs)
 
     def _guidance(self, guidance: Any, interval: tuple[float, float], scale_arg: Any = None, interval_arg: Any = None):
-        """The guidance object of a call: "cfg" (None), "autoguidance", a `Guidance` object or a diffusers guider
-        (then the call's `scale_arg` and `interval_arg` must be None), checked before any sampling."""
+        """The guidance object of a call: "cfg", "autoguidance", "gated_cfg", a `Guidance` object or a diffusers
+        guider (then the call's `scale_arg` and `interval_arg` must be None), checked before any sampling; None: the
+        config's `default_guidance` ("cfg" without one)."""
+        if self.unet is not None:
+            check_guide_unet(self.unet, getattr(self, "guide_unet", None))  # a guide swapped in after construction
         if is_diffusers_guider(guidance):
             return diffusers_guidance(guidance, self.unet, scale_arg, interval_arg)
-        if guidance is None or guidance == "cfg":
+        guidance = self.config.get("default_guidance", "cfg") if guidance is None else guidance
+        if guidance == "cfg":
             method = ClassifierFreeGuidance(interval)
         elif guidance == "autoguidance":
             config = self.config

@@ -117,28 +117,6 @@ def check_guidance_arguments(guidance_scale: float, guidance_rescale: float, gui
 GUIDANCE_NAMES = ("cfg", "autoguidance", "gated_cfg")
 
 
-def autoguidance_defaults(default_guidance: str, cfg_scale: float, cfg_interval: tuple | list) -> dict[str, Any]:
-    """The config entries of a pipeline that can be autoguided, checked: the call's default guidance (one of
-    `GUIDANCE_NAMES`) and the CFG scale and interval added on top of autoguidance."""
-    if default_guidance not in GUIDANCE_NAMES:
-        raise ValueError(f"default_guidance must be one of {GUIDANCE_NAMES}, got {default_guidance!r}")
-    check_guidance_arguments(cfg_scale, 0.0, cfg_interval)
-    return {
-        "default_guidance": default_guidance,
-        "autoguidance_cfg_scale": float(cfg_scale),
-        "autoguidance_cfg_interval": [float(v) for v in cfg_interval],
-    }
-
-
-def check_default_guidance_scale(scale: float | None, scale_range: tuple | list | None) -> None:
-    """`default_guidance_scale`: None, or a finite number >= 0 inside the trained `guidance_scale_range`."""
-    if scale is None:
-        return
-    check_scale("default_guidance_scale", scale)
-    if scale_range is not None and not scale_range[0] <= scale <= scale_range[1]:
-        raise ValueError(f"default_guidance_scale must lie in guidance_scale_range {list(scale_range)}, got {scale}")
-
-
 def resolve_default_guidance_scale(scale: float | None, scale_range: tuple | list | None) -> float:
     """The scale of a call that gives none: the configured default, else 3 (clamped into a trained range)."""
     if scale is not None:
@@ -316,16 +294,6 @@ def gate_curve_at(curve: Any, timestep: Any) -> float:
         if t0 <= t <= t1:
             return math.exp(v0 if t1 == t0 else v0 + (t - t0) / (t1 - t0) * (v1 - v0))
     return math.exp(points[0][1])
-
-
-def check_gate_curve(curve: Any) -> None:
-    """A gated-CFG curve: at least two (timestep, value) pairs, timesteps >= 0, values finite and > 0."""
-    try:
-        pairs = [(float(t), float(v)) for t, v in curve]
-    except (TypeError, ValueError):
-        raise ValueError(f"gated_cfg_curve must be a list of (timestep, median rms) pairs, got {curve!r:.80}") from None
-    if len(pairs) < 2 or any(t < 0 or not math.isfinite(v) or v <= 0 for t, v in pairs):
-        raise ValueError("gated_cfg_curve needs >= 2 (timestep >= 0, value > 0) pairs")
 
 
 def prediction_for_original(

@@ -17,21 +17,20 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.schedulers import SchedulerMixin
 
+from .call_docs import shared_call_docs
 from .checks import (
     MAX_IMAGES_PER_CALL,
     MAX_ROWS_PER_PASS,
-    check_generators,
     check_guide_unet,
     check_positive_int,
-    latent_shape,
 )
+from .config_defaults import checked_defaults
 from .denoising import CondiffPipeline
-from .guidance import autoguidance_defaults, check_guidance_arguments
-from .labels import LabelInput, normalize_id2label, prompt_class_ids
+from .labels import LabelInput
 from .locking import serialized_call
 from .networks import micro_batched
 from .outputs import CondiffPipelineOutput
-from .prompts import PromptConditionsMixin, check_prompts
+from .prompts import PromptConditionsMixin
 from .text_encoding import DEFAULT_TEXT_ENCODER, load_text_encoder, text_width
 from .weights import component_dtype
 
@@ -39,7 +38,9 @@ from .weights import component_dtype
 # diffusers copies only the sibling files that a local custom-pipeline file imports itself (not their own imports):
 # the modules the shared loop needs are named here too, so `custom_pipeline="pipelines/<this file>"` loads.
 from .callbacks import step_callback  # noqa: F401
+from .corrector import check_corrector_arguments  # noqa: F401
 from .diffusers_guiders import DiffusersGuidance  # noqa: F401
+from .guidance import check_guidance_arguments  # noqa: F401
 from .guiders import Step  # noqa: F401
 from .saved_folder import check_saved_folder  # noqa: F401
 from .schedules import check_schedule  # noqa: F401
@@ -106,19 +107,13 @@ class LatentCFGPipeline(PromptConditionsMixin, CondiffPipeline):
         self.register_modules(vae=vae, unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer,
                               guide_unet=guide_unet)  # fmt: skip
         check_positive_int("max_text_length", max_text_length, 4096)
-        check_positive_int("default_num_inference_steps", default_num_inference_steps)
-        check_guidance_arguments(default_guidance_scale, 0.0, default_guidance_interval)
-        guidance_defaults = autoguidance_defaults(default_guidance, autoguidance_cfg_scale, autoguidance_cfg_interval)
-        self.register_to_config(
-            **guidance_defaults,
-            text_encoder_name_or_path=text_encoder_name_or_path,
-            max_text_length=max_text_length,
-            pooled_text_token=bool(pooled_text_token),
-            id2label=normalize_id2label(id2label),
-            default_num_inference_steps=default_num_inference_steps,
-            default_guidance_scale=float(default_guidance_scale),
-            default_guidance_interval=[float(v) for v in default_guidance_interval],
-        )
+        config = checked_defaults(
+            id2label=id2label, default_num_inference_steps=default_num_inference_steps,
+            default_guidance_scale=default_guidance_scale, default_guidance_interval=default_guidance_interval,
+            default_guidance=default_guidance, autoguidance_cfg_scale=autoguidance_cfg_scale,
+            autoguidance_cfg_interval=autoguidance_cfg_interval)  # fmt: skip
+        self.register_to_config(**config, text_encoder_name_or_path=text_encoder_name_or_path,
+                                max_text_length=max_text_length, pooled_text_token=bool(pooled_text_token))  # fmt: skip
 
     def _after_loading(self, kwargs: dict) -> None:
         """The text encoder comes from `text_encoder_name_or_path` unless `text_encoder=` and `tokenizer=` are passed
@@ -173,6 +168,7 @@ class LatentCFGPipeline(PromptConditionsMixin, CondiffPipeline):
 
     @serialized_call  # schedulers are stateful: concurrent calls on one pipeline take turns (locking.py)
     @torch.no_grad()
+    @shared_call_docs
     def __call__(  # long: the documented argument list and its checks; the work is in the methods above
         self,
         prompt: str | list[str] | None = None,
@@ -204,16 +200,12 @@ class LatentCFGPipeline(PromptConditionsMixin, CondiffPipeline):
             num_images_per_prompt: images generated for each prompt.
             guidance_scale: w in null + w (cond - null); 0 = the null/negative branch only, 1 = the prompt only.
                 Default: the model's `default_guidance_scale`.
-            num_inference_steps: denoising steps; default: the model's `default_num_inference_steps`.
+            {shared: num_inference_steps}
             height, width: image size in pixels, multiples of the VAE factor; default: the UNet's size x factor.
-            generator: a `torch.Generator`, or one per image.
-            latents: initial noise in latent space, shape (N, C, h, w).
+            {shared: generator, latents}
             prompt_embeds, negative_prompt_embeds: precomputed text-encoder hidden states (N, tokens, width).
             class_labels: class ids or names for a UNet with a class embedding (one, or one per prompt).
-            guidance_rescale: Lin et al. (2023) rescale factor in [0, 1].
-            guidance_interval: (lo, hi) fractions of the noise range where guidance applies; elsewhere w = 1.
-            output_type: "pil", "np", "pt" or "latent" (the final scaled latents, not decoded).
-            return_dict: return a `CondiffPipelineOutput` instead of a tuple.
+            {shared: guidance_rescale, guidance_interval, output_type, return_dict}
             callback_on_step_end: `fn(pipe, step, timestep, {"latents": ...})` after each step, as in diffusers: it
                 may hand back "latents" and "prompt_embeds" (given as [negative; positive], 2N rows, the way Stable
                 Diffusion passes them under CFG; N rows replace the positive half), and may set `pipe._interrupt`
@@ -237,36 +229,16 @@ class LatentCFGPipeline(PromptConditionsMixin, CondiffPipeline):
         steps, scale, interval, tensor_inputs = self._call_settings(
             num_inference_steps, guidance_scale, guidance_interval, guidance_rescale, output_type,
             callback_on_step_end, callback_on_step_end_tensor_inputs)  # fmt: skip
-        guidance = self.config.get("default_guidance", "cfg") if guidance is None else guidance
         method = self._guidance(guidance, interval, guidance_scale, guidance_interval)
-        if self.unet is not None:
-            check_guide_unet(self.unet, self.guide_unet)  # a guide swapped in after construction
-        n_prompts = len(check_prompts("prompt", prompt)) if prompt is not None else None
-        given = isinstance(prompt_embeds, torch.Tensor) and prompt_embeds.ndim > 0
-        n_prompts = n_prompts or (prompt_embeds.shape[0] if given else 1)
-        batch = n_prompts * num_images_per_prompt
-        if batch > MAX_IMAGES_PER_CALL:
-            raise ValueError(f"prompts x num_images_per_prompt = {batch} images; at most {MAX_IMAGES_PER_CALL}")
-        shape = latent_shape(self.unet.config, self.vae_scale_factor, batch, height, width)
-        check_generators(generator, batch)
-        classes = prompt_class_ids(class_labels, self.num_classes, self.id2label, n_prompts)
-        text, null = self.text_conditions(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
-
-        def per_image(x: torch.Tensor) -> torch.Tensor:
-            return x.repeat_interleave(num_images_per_prompt, dim=0)
-
-        cond, uncond = {"encoder_hidden_states": per_image(text)}, {"encoder_hidden_states": per_image(null)}
-        if classes is not None:
-            ids = torch.tensor(classes, device=self._execution_device)
-            null = torch.full_like(ids, self.num_classes)
-            cond["class_labels"], uncond["class_labels"] = per_image(ids), per_image(null)
+        prompts = (prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
+        shape, conditions = self.prompt_batch(prompts, class_labels, num_images_per_prompt, (height, width), generator)
         self._guidance_scale = getattr(method, "guidance_scale", scale)
         self._guidance_rescale, self._cross_attention_kwargs = guidance_rescale, cross_attention_kwargs
         latents, rows = self._sample(
-            shape, steps, method, {"cond": cond, "uncond": uncond}, generator, latents, callback_on_step_end,
-            tensor_inputs)  # fmt: skip
+            shape, steps, method, conditions, generator, latents, callback_on_step_end, tensor_inputs
+        )
         images = latents if output_type == "latent" else self.decode_latents(latents)
-        return self._output(images, output_type, return_dict, rows, batch)
+        return self._output(images, output_type, return_dict, rows, shape[0])
 
 
 # diffusers' custom-pipeline loader accepts one DiffusionPipeline subclass per file: unbind the shared base.

@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from .checks import MAX_IMAGES_PER_CALL, check_positive_int, short_repr
+from .checks import MAX_IMAGES_PER_CALL, check_generators, check_positive_int, latent_shape, short_repr
+from .labels import LabelInput, prompt_class_ids
 from .text_encoding import encode_text, text_width
 
 
@@ -128,3 +129,31 @@ class PromptConditionsMixin:
             return cond, uncond
         uncond = self._encode(negatives)
         return cond, uncond.expand(n, -1, -1) if len(uncond) == 1 else uncond
+
+    def prompt_batch(
+        self, prompts: tuple, class_labels: LabelInput, num_images_per_prompt: int, size: tuple, generator: Any
+    ) -> tuple[tuple[int, ...], dict]:
+        """(latent shape, {"cond": ..., "uncond": ...} one row per image) of a call: `prompts` is (prompt,
+        negative_prompt, prompt_embeds, negative_prompt_embeds), `size` (height, width); all checked before the text
+        encoder runs."""
+        prompt, _, prompt_embeds, _ = prompts
+        n_prompts = len(check_prompts("prompt", prompt)) if prompt is not None else None
+        given = isinstance(prompt_embeds, torch.Tensor) and prompt_embeds.ndim > 0
+        n_prompts = n_prompts or (prompt_embeds.shape[0] if given else 1)
+        batch = n_prompts * num_images_per_prompt
+        if batch > MAX_IMAGES_PER_CALL:
+            raise ValueError(f"prompts x num_images_per_prompt = {batch} images; at most {MAX_IMAGES_PER_CALL}")
+        shape = latent_shape(self.unet.config, self.vae_scale_factor, batch, *size)
+        check_generators(generator, batch)
+        classes = prompt_class_ids(class_labels, self.num_classes, self.id2label, n_prompts)
+        text, null = self.text_conditions(*prompts)
+
+        def per_image(x: torch.Tensor) -> torch.Tensor:
+            return x.repeat_interleave(num_images_per_prompt, dim=0)
+
+        cond, uncond = {"encoder_hidden_states": per_image(text)}, {"encoder_hidden_states": per_image(null)}
+        if classes is not None:
+            ids = torch.tensor(classes, device=self._execution_device)
+            null_ids = torch.full_like(ids, self.num_classes)
+            cond["class_labels"], uncond["class_labels"] = per_image(ids), per_image(null_ids)
+        return shape, {"cond": cond, "uncond": uncond}

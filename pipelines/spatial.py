@@ -17,9 +17,9 @@ from diffusers import UNet2DConditionModel
 from diffusers.schedulers import SchedulerMixin
 
 from .checks import MAX_IMAGES_PER_CALL, MAX_ROWS_PER_PASS, check_generators, check_positive_int
+from .config_defaults import checked_defaults
 from .denoising import CondiffPipeline
-from .guidance import check_default_guidance_scale, check_guidance_arguments
-from .labels import normalize_id2label, parse_labels
+from .labels import parse_labels
 from .networks import micro_batched, to_channels_last
 from .spatial_conditions import unet_downsampling
 from .variance import check_prediction_target, check_variance_setup, epsilon_output
@@ -64,19 +64,10 @@ class SpatialConditionPipeline(CondiffPipeline):
         if any("CrossAttn" in b for b in (*unet.config.down_block_types, *unet.config.up_block_types)):
             raise ValueError("unet must not use cross-attention: the spatial pipelines take no text")
         self.register_modules(unet=unet, scheduler=scheduler)
-        check_positive_int("default_num_inference_steps", steps)
-        check_guidance_arguments(1.0, 0.0, default_guidance_interval)
-        check_default_guidance_scale(default_guidance_scale, None)
-        if micro_batch_size is not None:
-            check_positive_int("micro_batch_size", micro_batch_size, MAX_IMAGES_PER_CALL)
-        self.register_to_config(
-            id2label=normalize_id2label(id2label),
-            default_num_inference_steps=steps,
-            default_guidance_scale=float(default_guidance_scale),
-            default_guidance_interval=[float(v) for v in default_guidance_interval],
-            micro_batch_size=micro_batch_size,
-            **config,
-        )
+        defaults = checked_defaults(
+            id2label=id2label, default_num_inference_steps=steps, default_guidance_scale=default_guidance_scale,
+            default_guidance_interval=default_guidance_interval, micro_batch_size=micro_batch_size)  # fmt: skip
+        self.register_to_config(**defaults, **config)
 
     def _after_loading(self, kwargs: dict) -> None:
         to_channels_last(self, ("unet",), kwargs)

@@ -33,6 +33,8 @@ from .spatial_conditions import augment_low_resolution, downsample_area, noise_l
 # isort: split
 # diffusers copies only the sibling files that a local custom-pipeline file imports itself (see class_conditional.py)
 from .callbacks import step_callback  # noqa: F401
+from .config_defaults import checked_defaults  # noqa: F401
+from .corrector import check_corrector_arguments  # noqa: F401
 from .diffusers_guiders import DiffusersGuidance  # noqa: F401
 from .digit_classifier import MnistClassifier  # noqa: F401
 from .guidance import check_guidance_arguments  # noqa: F401

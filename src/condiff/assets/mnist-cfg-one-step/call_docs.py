@@ -1,0 +1,1 @@
+../../../../pipelines/call_docs.py

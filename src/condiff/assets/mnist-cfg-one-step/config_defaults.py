@@ -1,0 +1,1 @@
+../../../../pipelines/config_defaults.py
