@@ -225,3 +225,28 @@ def test_sampler_benchmark_runs_on_the_shipped_model(tmp_path):
     assert sampler_main(argv) == 0
     report = json.loads((tmp_path / "sampler_speed.json").read_text())
     assert report["rows"][0]["extrapolated"] and report["rows"][0]["nfe_per_image"] == 2000.0
+
+
+def test_text_styles_apg_setting_guides_the_steps_of_its_noise_interval():
+    """`apg:W:LO:HI` of benchmarks/text_guidance_styles.py: diffusers' APG (eta 0) on the same steps as CFG on the
+    interval (LO, HI) at the text model's default steps."""
+    import argparse
+    from types import SimpleNamespace
+
+    import text_guidance_styles as styles
+    from diffusers import DPMSolverMultistepScheduler
+
+    from condiff import shipped_model_path
+
+    parser = argparse.ArgumentParser()
+    assert styles.parse_setting("apg:4:0.2:0.7", parser) == {"w": 4.0, "interval": [0.2, 0.7], "method": "apg"}
+    with pytest.raises(SystemExit):
+        styles.parse_setting("apg:4:0.2", parser)
+    scheduler = DPMSolverMultistepScheduler.from_pretrained(shipped_model_path("latent"), subfolder="scheduler")
+    pipe = SimpleNamespace(scheduler=scheduler, config=SimpleNamespace(default_num_inference_steps=25))
+    guider = styles.apg_guider(pipe, 4.0, (0.2, 0.7))
+    fractions = [float(t) / scheduler.config.num_train_timesteps for t in scheduler.timesteps]
+    inside = [i for i, f in enumerate(fractions) if 0.2 <= f <= 0.7]
+    assert 0 < len(inside) < 25
+    assert (guider._start, guider._stop) == (inside[0] / 25, (inside[-1] + 1) / 25)
+    assert (guider.guidance_scale, guider.eta) == (4.0, 0.0)
