@@ -6,6 +6,7 @@ draws from seed s + b, 4 batches of 250). The gate curve is the shipped model's 
     python benchmarks/gated_cfg.py                         # the published run (resumes from the .jsonl file)
     python benchmarks/gated_cfg.py --settings gated --seeds 0 --num-per-class 10 --out-dir /tmp/gated   # smoke
     python benchmarks/gated_cfg.py --model out/other-cfg-folder --out-dir out/gated   # another model (its own curve)
+    python benchmarks/gated_cfg.py --settings gated gated-2.25 gated-3 --seeds 0 4 8 12 16 20   # the scale around 2.5
 
 Writes <out-dir>/gated_cfg.{jsonl,md}. The code is `condiff.evaluation.gating`.
 """
@@ -23,15 +24,19 @@ from condiff.evaluation.gating import measure_on_seeds, seeds_markdown
 SETTINGS = {
     "default": ("CFG 3.5 on (0.3, 0.6), 10 steps (shipped before)", {"guidance": "cfg", "guidance_scale": 3.5,
                 "guidance_interval": (0.3, 0.6), "num_inference_steps": 10}),
-    "gated": ("gated CFG 2.5 on (0.45, 0.75), k 1, 14 steps", {"guidance": "gated_cfg", "guidance_scale": 2.5,
-              "guidance_interval": (0.45, 0.75), "num_inference_steps": 14}),
 }  # fmt: skip
+for _w in (2.5, 2.25, 3.0):  # "gated": the shipped default; the others probe its scale
+    SETTINGS["gated" if _w == 2.5 else f"gated-{_w:g}"] = (
+        f"gated CFG {_w:g} on (0.45, 0.75), k 1, 14 steps",
+        {"guidance": "gated_cfg", "guidance_scale": _w, "guidance_interval": (0.45, 0.75), "num_inference_steps": 14},
+    )
+DEFAULT_SETTINGS = ["default", "gated"]
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
-    p.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--settings", nargs="*", default=DEFAULT_SETTINGS, choices=list(SETTINGS))
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 4, 8, 12])
     p.add_argument("--num-per-class", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
