@@ -35,7 +35,10 @@ def _scale(name: str, value: Any) -> float:
 
 
 def _interval(name: str, value: Any) -> list[float]:
-    check_guidance_arguments(1.0, 0.0, value)
+    try:
+        check_guidance_arguments(1.0, 0.0, value)
+    except ValueError as error:  # the shared check names the call's argument; say which config entry it was
+        raise ValueError(f"{name}: {error}") from None
     return _floats(value)
 
 
@@ -91,7 +94,8 @@ def autoguidance_defaults(default_guidance: str, cfg_scale: float, cfg_interval:
     `GUIDANCE_NAMES`) and the CFG scale and interval added on top of autoguidance."""
     if default_guidance not in GUIDANCE_NAMES:
         raise ValueError(f"default_guidance must be one of {GUIDANCE_NAMES}, got {default_guidance!r}")
-    check_guidance_arguments(cfg_scale, 0.0, cfg_interval)
+    check_scale("autoguidance_cfg_scale", cfg_scale)
+    _interval("autoguidance_cfg_interval", cfg_interval)
     return {
         "default_guidance": default_guidance,
         "autoguidance_cfg_scale": float(cfg_scale),
