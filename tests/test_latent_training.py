@@ -4,6 +4,7 @@ and the latent text-to-image task end to end on tiny models, and a short latent 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,3 +205,23 @@ def test_latent_task_trains_on_a_captioned_datasets_folder_without_labels(tmp_pa
     pipe = LatentCFGPipeline.from_pretrained(out)
     assert pipe.num_classes is None and not (out / "caption_attributes.json").exists()
     assert "the data set's `text` column" in (out / "README.md").read_text()
+
+
+def test_latent_task_fine_tunes_from_a_folder_and_refuses_another_unet(tmp_path, mnist_vae, encoder_folder):
+    from safetensors.torch import load_file
+
+    common = ["latent_cfg", "--vae", mnist_vae, "--text_encoder", encoder_folder, *LATENT, "--max_train_samples", "64",
+              "--train_batch_size", "16"]  # fmt: skip
+    first = run([*common, "--output_dir", str(tmp_path / "a"), "--max_train_steps", "2"])
+    fine = run([*common, "--output_dir", str(tmp_path / "b"), "--max_train_steps", "1", "--learning_rate", "1e-12",
+                "--lr_warmup_steps", "0", "--init_unet", str(first), "--seed", "1"])  # fmt: skip
+    weights = Path("unet") / "diffusion_pytorch_model.safetensors"
+    old, new = load_file(first / weights), load_file(fine / weights)
+    assert old.keys() == new.keys() and max((old[k] - new[k]).abs().max().item() for k in old) < 1e-6
+    pixel = run(["unconditional", "--output_dir", str(tmp_path / "p"), "--resolution", "8", "--block_out_channels",
+                 "8", "16", "--norm_num_groups", "4", "--max_train_steps", "1", "--max_train_samples", "16",
+                 "--train_batch_size", "8", "--validation_images", "1", "--validation_inference_steps", "1",
+                 "--report_to", "none"])  # fmt: skip
+    with pytest.raises(ValueError, match="--init_unet .*holds a UNet2DModel, the run trains a UNet2DConditionModel"):
+        run([*common, "--output_dir", str(tmp_path / "c"), "--max_train_steps", "1", "--init_unet", str(pixel)])
+    assert not (tmp_path / "c" / "checkpoint-1").exists()

@@ -55,3 +55,17 @@ def test_a_folder_without_a_unet_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match="--init_unet .*unet/config.json"):
         run(["unconditional", "--output_dir", str(tmp_path / "run"), "--resolution", "8", "--init_unet", str(tmp_path)])
     assert not any((tmp_path / "run").glob("*"))  # nothing written (the writability check may make the folder)
+
+
+def test_a_fixed_variance_folder_grows_a_zero_variance_head(tmp_path):
+    # a learned-variance run started from a fixed-variance UNet keeps its mean channel and starts v at 0
+    tiny = [a for a in TINY if a not in ("--validation_images_per_class", "1")] + ["--validation_images", "1"]
+    first = run(["unconditional", "--output_dir", str(tmp_path / "fixed"), *tiny, "--max_train_steps", "2"])
+    argv = [*tiny, "--max_train_steps", "1", "--learning_rate", "1e-12", "--lr_warmup_steps", "0"]
+    grown = run(["unconditional", "--output_dir", str(tmp_path / "lv"), *argv, "--variance_type", "learned_range",
+                 "--init_unet", str(first)])  # fmt: skip
+    old, new = load_file(first / WEIGHTS), load_file(grown / WEIGHTS)
+    assert new["conv_out.weight"].shape[0] == 2 * old["conv_out.weight"].shape[0] == 2
+    assert (new["conv_out.weight"][:1] - old["conv_out.weight"]).abs().max() < 1e-6
+    assert new["conv_out.weight"][1:].abs().max() < 1e-6 and new["conv_out.bias"][1:].abs().max() < 1e-6
+    assert max((new[k] - old[k]).abs().max().item() for k in old if not k.startswith("conv_out")) < 1e-6

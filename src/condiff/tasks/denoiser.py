@@ -25,14 +25,19 @@ def add_denoiser_arguments(p: argparse.ArgumentParser, parametrisations: bool = 
         default="UNet2DModel",
         help="UNet2DConditionModel (no cross-attention) is the one a guidance-distilled student can share (distill)",
     )
+    add_init_unet_argument(g)
+    add_diffusion_arguments(p, parametrisations)
+
+
+def add_init_unet_argument(g) -> None:
     g.add_argument(
         "--init_unet",
         type=Path,
         default=None,
-        help="fine-tune: start from the unet/ weights of this saved pipeline folder (its shape must be the flags'); "
+        help="fine-tune: start from the unet/ weights of this saved pipeline folder (its shape must be the flags'; "
+        "with --variance_type learned_range a fixed-variance folder's UNet gains a zero-initialised variance head); "
         "a resumed checkpoint takes precedence",
     )
-    add_diffusion_arguments(p, parametrisations)
 
 
 def add_diffusion_arguments(p: argparse.ArgumentParser, parametrisations: bool = False) -> None:
@@ -99,8 +104,9 @@ def check_denoiser_args(a: argparse.Namespace) -> None:
     check_init_unet(a)
 
 
-def check_init_unet(a: argparse.Namespace) -> None:
-    """`--init_unet` names a saved folder with a UNet of `--architecture` (its shapes are compared when loaded)."""
+def check_init_unet(a: argparse.Namespace, architecture: str | None = None) -> None:
+    """`--init_unet` names a saved folder with a UNet of `--architecture` (or of `architecture`, for a task that
+    has one UNet class); its shapes are compared when loaded."""
     folder = getattr(a, "init_unet", None)
     if folder is None:
         return
@@ -108,10 +114,10 @@ def check_init_unet(a: argparse.Namespace) -> None:
     if not config.is_file() or not weights.is_file():
         raise ValueError(f"--init_unet {folder}: needs unet/config.json and unet/{INIT_WEIGHTS} (a folder saved by "
                          "condiff train or save_pretrained)")  # fmt: skip
-    found = json.loads(config.read_text()).get("_class_name")
-    if found != a.architecture:
-        raise ValueError(f"--init_unet {folder} holds a {found}, --architecture is {a.architecture}: pass "
-                         f"--architecture {found}")  # fmt: skip
+    found, wanted = json.loads(config.read_text()).get("_class_name"), architecture or a.architecture
+    if found != wanted:
+        fix = "" if architecture else f" (--architecture {wanted}): pass --architecture {found}"
+        raise ValueError(f"--init_unet {folder} holds a {found}, the run trains a {wanted}{fix}")
 
 
 INIT_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -126,6 +132,8 @@ def load_init_unet(unet, a: argparse.Namespace):
     from safetensors.torch import load_file
 
     saved, own = load_file(Path(folder) / "unet" / INIT_WEIGHTS), unet.state_dict()
+    if learns_variance(a):
+        saved = with_variance_head(saved, own)
     shared = own.keys() & saved.keys()
     differ = sorted((own.keys() ^ saved.keys()) | {k for k in shared if own[k].shape != saved[k].shape})
     if differ:
@@ -133,6 +141,19 @@ def load_init_unet(unet, a: argparse.Namespace):
                          f"--layers_per_block, ...): {len(differ)} tensors differ, e.g. {differ[:3]}")  # fmt: skip
     unet.load_state_dict(saved)
     return unet
+
+
+def with_variance_head(saved: dict, own: dict) -> dict:
+    """A fixed-variance UNet's weights grown to a learned-variance UNet's 2C outputs: its mean channels are copied and
+    the variance channels start at zero, i.e. v = 0, the log-variance half-way between beta_t and beta~_t (improved
+    DDPM's interpolation). Weights that already have 2C outputs are returned unchanged."""
+    import torch
+
+    grown = dict(saved)
+    for name in ("conv_out.weight", "conv_out.bias"):
+        if name in saved and name in own and 2 * saved[name].shape[0] == own[name].shape[0]:
+            grown[name] = torch.cat([saved[name], torch.zeros_like(saved[name])])
+    return grown
 
 
 def check_diffusion_args(a: argparse.Namespace) -> None:

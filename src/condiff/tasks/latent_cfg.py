@@ -18,8 +18,11 @@ from condiff.engine.task import Export, Modules
 from condiff.tasks.denoiser import (
     add_diffusion_arguments,
     add_grid_size_argument,
+    add_init_unet_argument,
     check_channels,
     check_diffusion_args,
+    check_init_unet,
+    load_init_unet,
     plan_grid_size,
     save_grid,
 )
@@ -59,6 +62,7 @@ class LatentCFGTask(ImageDataTask):
         g.add_argument("--layers_per_block", type=int, default=1)
         g.add_argument("--attention_head_dim", type=int, default=8, help="diffusers' name: the number of heads")
         g.add_argument("--norm_num_groups", type=int, default=16)
+        add_init_unet_argument(g)
         add_diffusion_arguments(p)
         g = p.add_argument_group("validation")
         g.add_argument("--validation_prompts", nargs="+", default=DEFAULT_VALIDATION_PROMPTS)
@@ -75,6 +79,7 @@ class LatentCFGTask(ImageDataTask):
         require_real("validation_guidance_scale", a.validation_guidance_scale, 0.0)
         check_channels(a.block_out_channels, a.norm_num_groups)
         check_diffusion_args(a)
+        check_init_unet(a, "UNet2DConditionModel")
         if not (Path(a.vae) / "config.json").is_file():
             raise ValueError(f"--vae {a.vae!r} is not a saved AutoencoderKL folder (no config.json)")
         if a.caption_column is None and (a.dataset_name or a.train_data_dir):
@@ -115,7 +120,7 @@ class LatentCFGTask(ImageDataTask):
             self.data.num_classes if a.use_class_labels else None,
         )
         self.tokenizer = tokenizer  # not a module: the engine moves and casts only modules
-        return Modules(trained={"unet": unet}, frozen={"vae": vae, "text_encoder": encoder})
+        return Modules(trained={"unet": load_init_unet(unet, a)}, frozen={"vae": vae, "text_encoder": encoder})
 
     def collate_images(self, indices):
         return self.data.collate([self.data.dataset[i] for i in indices])["images"]
