@@ -25,7 +25,7 @@ SETTINGS = {
     "default": ("CFG 3.5 on (0.3, 0.6), 10 steps (shipped before)", {"guidance": "cfg", "guidance_scale": 3.5,
                 "guidance_interval": (0.3, 0.6), "num_inference_steps": 10}),
 }  # fmt: skip
-for _w in (2.5, 2.25, 3.0):  # "gated": the shipped default; the others probe its scale
+for _w in (2.5, 2.25, 2.75, 3.0):  # "gated": the shipped default; the others probe its scale
     SETTINGS["gated" if _w == 2.5 else f"gated-{_w:g}"] = (
         f"gated CFG {_w:g} on (0.45, 0.75), k 1, 14 steps",
         {"guidance": "gated_cfg", "guidance_scale": _w, "guidance_interval": (0.45, 0.75), "num_inference_steps": 14},
