@@ -29,7 +29,8 @@ def add_denoiser_arguments(p: argparse.ArgumentParser, parametrisations: bool = 
     add_diffusion_arguments(p, parametrisations)
 
 
-def add_init_unet_argument(g) -> None:
+def add_init_unet_argument(g: argparse._ActionsContainer) -> None:
+    """The `--init_unet` flag of the denoiser tasks and the latent task."""
     g.add_argument(
         "--init_unet",
         type=Path,
