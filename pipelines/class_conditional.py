@@ -13,16 +13,15 @@ from diffusers import UNet2DConditionModel, UNet2DModel
 from diffusers.schedulers import SchedulerMixin
 
 from .call_docs import shared_call_docs
-from .checks import check_guide_unet, check_positive_int, resolve_num_images, unet_sample_size
+from .checks import check_guide_unet, resolve_num_images, unet_sample_size
+from .class_unet import ClassUNetMixin, check_class_unet
 from .config_defaults import checked_defaults
 from .corrector import DEFAULT_CORRECTOR_SNR, corrector_for_call
 from .denoising import CondiffPipeline, StepCallback
-from .guiders import EmbeddedGuidance
-from .labels import LabelInput, ids_per_image, parse_labels
+from .labels import LabelInput
 from .locking import serialized_call
-from .networks import class_unet_forward, to_channels_last
 from .outputs import CondiffPipelineOutput
-from .variance import check_prediction_target, epsilon_output
+from .variance import check_prediction_target
 
 # isort: split
 # diffusers copies only the sibling files that a local custom-pipeline file imports itself (not their own imports):
@@ -30,12 +29,14 @@ from .variance import check_prediction_target, epsilon_output
 from .callbacks import step_callback  # noqa: F401
 from .diffusers_guiders import DiffusersGuidance  # noqa: F401
 from .guidance import check_guidance_arguments  # noqa: F401
+from .guiders import EmbeddedGuidance  # noqa: F401
+from .networks import class_unet_forward  # noqa: F401
 from .saved_folder import check_saved_folder  # noqa: F401
 from .schedules import check_schedule  # noqa: F401
 from .weights import refusing_unsafe_pickles  # noqa: F401
 
 
-class ClassConditionalDDPMPipeline(CondiffPipeline):
+class ClassConditionalDDPMPipeline(ClassUNetMixin, CondiffPipeline):
     r"""Class-conditional image generation with classifier-free guidance or autoguidance.
 
     Parameters:
@@ -99,10 +100,7 @@ class ClassConditionalDDPMPipeline(CondiffPipeline):
         default_corrector_snr: float = DEFAULT_CORRECTOR_SNR,
     ):
         super().__init__()
-        if unet.config.num_class_embeds is None or unet.config.num_class_embeds < 2:
-            raise ValueError("unet must have num_class_embeds = number of classes + 1 (the null class)")
-        if any("CrossAttn" in b for b in (*unet.config.down_block_types, *unet.config.up_block_types)):
-            raise ValueError("unet must not use cross-attention (text conditioning): use LatentCFGPipeline for that")
+        check_class_unet(unet)
         check_guide_unet(unet, guide_unet)
         self.register_modules(unet=unet, scheduler=scheduler, guide_unet=guide_unet)
         check_prediction_target(prediction_target, scheduler)
@@ -115,52 +113,6 @@ class ClassConditionalDDPMPipeline(CondiffPipeline):
             gated_cfg_threshold=gated_cfg_threshold, default_corrector_steps=default_corrector_steps,
             default_corrector_snr=default_corrector_snr)  # fmt: skip
         self.register_to_config(**config, prediction_target=prediction_target)
-
-    def _after_loading(self, kwargs: dict) -> None:
-        to_channels_last(self, ("unet", "guide_unet"), kwargs)
-
-    @property
-    def num_classes(self) -> int:
-        """Number of real classes K (the null class K is not counted)."""
-        return self.unet.config.num_class_embeds - 1
-
-    @property
-    def null_class(self) -> int:
-        return self.num_classes
-
-    @property
-    def guidance_embedded(self) -> bool:
-        """Whether the UNet takes the guidance scale as an input (a guidance-distilled student)."""
-        return getattr(self.unet.config, "time_cond_proj_dim", None) is not None
-
-    @property
-    def do_classifier_free_guidance(self) -> bool:
-        """Whether a guided step runs two branches: never for a guidance-embedded UNet (w is an input)."""
-        return not self.guidance_embedded and super().do_classifier_free_guidance
-
-    def get_label_ids(self, label: LabelInput) -> list[int] | None:
-        """Class ids for `label` (ints, names from `id2label`, a tensor, a list of these, or None)."""
-        return parse_labels(label, self.num_classes, self.id2label)
-
-    def check_inputs(self, label: LabelInput, num_images: int, num_inference_steps: int, generator: Any) -> list[int]:
-        """Class ids, one per image; raises before any model work when `label`, the counts or `generator` are bad."""
-        labels = self.get_label_ids(label)
-        check_positive_int("num_inference_steps", num_inference_steps, self.scheduler.config.num_train_timesteps)
-        return ids_per_image([self.null_class] if labels is None else labels, num_images, generator)
-
-    def call_guidance(self, guidance: Any, scale: float, rescale: float, interval: tuple, given: tuple = (None, None)):
-        """The guidance object of a call, refused before any sampling when it cannot apply to this UNet (`given`:
-        the call's own guidance_scale and guidance_interval arguments)."""
-        if self.guidance_embedded:
-            guidance = self.config.get("default_guidance", "cfg") if guidance is None else guidance
-            trained = self.config.get("guidance_scale_range")
-            return EmbeddedGuidance.for_call(guidance, scale, rescale, trained, interval)
-        return self._guidance(guidance, interval, *given)
-
-    def _predict(self, network: Any, sample: torch.Tensor, labels: torch.Tensor, t: Any, scale: Any) -> torch.Tensor:
-        output = class_unet_forward(network, sample, labels, t, scale, self.config.micro_batch_size)
-        target = self.config.get("prediction_target")
-        return epsilon_output(target, self.scheduler.alphas_cumprod, output, sample, t) if target else output
 
     @serialized_call  # schedulers are stateful: concurrent calls on one pipeline take turns (locking.py)
     @torch.inference_mode()

@@ -13,23 +13,16 @@ from typing import Any
 import torch
 from diffusers import UNet2DModel
 from diffusers.schedulers import SchedulerMixin
-from diffusers.utils import logging
 
 from .call_docs import shared_call_docs
-from .checks import MAX_ROWS_PER_PASS, check_positive_int, check_scale, resolve_num_images, unet_sample_size
-from .classifiers import (
-    ClassifierComponent,
-    check_guidable_scheduler,
-    is_noise_aware,
-)
+from .checks import resolve_num_images, unet_sample_size
+from .classifiers import ClassifierComponent
 from .config_defaults import checked_defaults
 from .corrector import DEFAULT_CORRECTOR_SNR, corrector_for_call
 from .denoising import CondiffPipeline, StepCallback
-from .guidance import check_guidance_arguments
-from .guiders import ClassifierGuidance, Guidance
-from .labels import LabelInput, ids_per_image, parse_labels
+from .guided_unet import GuidedUNetMixin
+from .labels import LabelInput
 from .locking import serialized_call
-from .networks import micro_batched, unet_extra_inputs
 from .outputs import CondiffPipelineOutput
 
 # isort: split
@@ -38,16 +31,17 @@ from .outputs import CondiffPipelineOutput
 from .callbacks import step_callback  # noqa: F401
 from .diffusers_guiders import DiffusersGuidance  # noqa: F401
 from .digit_classifier import MnistClassifier  # noqa: F401
+from .guidance import check_guidance_arguments  # noqa: F401
+from .guiders import ClassifierGuidance  # noqa: F401
+from .networks import micro_batched  # noqa: F401
 from .noise_aware_classifier import NoiseAwareClassifier  # noqa: F401
 from .saved_folder import check_saved_folder  # noqa: F401
 from .schedules import check_schedule  # noqa: F401
 from .variance import split_variance  # noqa: F401
 from .weights import refusing_unsafe_pickles  # noqa: F401
 
-logger = logging.get_logger(__name__)
 
-
-class ClassifierGuidedPipeline(ClassifierComponent, CondiffPipeline):
+class ClassifierGuidedPipeline(GuidedUNetMixin, ClassifierComponent, CondiffPipeline):
     r"""Classifier guidance for any diffusers scheduler.
 
     Parameters:
@@ -92,70 +86,6 @@ class ClassifierGuidedPipeline(ClassifierComponent, CondiffPipeline):
             default_guidance_scale=default_guidance_scale, default_corrector_steps=default_corrector_steps,
             default_corrector_snr=default_corrector_snr))  # fmt: skip
         self.check_components()
-
-    # ------------------------------------------------------------------------------------------- state and checks
-    @property
-    def class_conditional_unet(self) -> bool:
-        return self.unet.config.num_class_embeds is not None
-
-    @property
-    def num_classes(self) -> int | None:
-        """K: the classifier's classes, else the class-conditional UNet's (its null class not counted)."""
-        if self.classifier is not None:
-            return int(self.classifier.config.num_classes)
-        return self.unet.config.num_class_embeds - 1 if self.class_conditional_unet else None
-
-    @property
-    def classifier_scale(self) -> float:
-        """s of the running call; the loop reads `_classifier_scale` each step."""
-        return self._classifier_scale
-
-    def check_inputs(
-        self, label: LabelInput, num_images: int, steps: int, generator: Any, classifier_scale: Any, guidance_scale: Any
-    ) -> list[int] | None:
-        """Class ids, one per image (None: unguided, unconditional); raises before any model work."""
-        check_positive_int("num_inference_steps", steps, self.scheduler.config.num_train_timesteps)
-        check_scale("classifier_scale", classifier_scale)
-        if guidance_scale is not None:
-            check_guidance_arguments(guidance_scale, 0.0, (0.0, 1.0))
-            if not self.class_conditional_unet and guidance_scale != 1:
-                logger.warning(
-                    "guidance_scale=%s is ignored: the unet is unconditional (use classifier_scale)", guidance_scale
-                )
-        check_guidable_scheduler(self.scheduler)
-        self.check_components()
-        if label is not None and self.num_classes is None:
-            raise ValueError("label needs a classifier (or a class-conditional unet); this pipeline has neither")
-        labels = None if label is None else parse_labels(label, self.num_classes, self.id2label)
-        ids = ids_per_image([-1] if labels is None else labels, num_images, generator)
-        return None if labels is None else ids
-
-    # ----------------------------------------------------------------------------------------------- the loop
-    def _predict(self, network: Any, sample: torch.Tensor, labels: Any, t: Any, scale: Any) -> torch.Tensor:
-        extra = unet_extra_inputs(network)
-
-        def forward(x: torch.Tensor, class_labels: Any) -> torch.Tensor:
-            return network(x, t, class_labels=class_labels, **extra).sample
-
-        return micro_batched(forward, MAX_ROWS_PER_PASS, sample, labels)
-
-    def _callback_pair(self, conditions: dict) -> tuple:
-        """An unconditional UNet takes no class ids: a callback is shown the requested labels (or -1), and what it
-        hands back is not used."""
-        return conditions["shown"] if conditions["cond"] is None else (conditions["uncond"], conditions["cond"])
-
-    def _with_callback_pair(self, conditions: dict, pair: tuple) -> dict:
-        if conditions["cond"] is None:
-            return {**conditions, "shown": pair}
-        return {**conditions, "uncond": pair[0], "cond": pair[1]}
-
-    def call_guidance(self, labels: Any, method: str, interval: tuple, guidance: Any, given: tuple) -> Guidance:
-        """The inner method (CFG for a class-conditional UNet, or `guidance`) and classifier guidance on top of it."""
-        inner = self._guidance(guidance, interval, *given) if self.class_conditional_unet else Guidance()
-        if labels is None or self.classifier is None:
-            return inner
-        noise_aware = is_noise_aware(self.classifier)
-        return ClassifierGuidance(inner, self._classify, labels, method, noise_aware, interval)
 
     @serialized_call  # schedulers are stateful: concurrent calls on one pipeline take turns (locking.py)
     @torch.no_grad()  # not inference_mode: the classifier's gradient needs autograd inside the loop
@@ -216,20 +146,14 @@ class ClassifierGuidedPipeline(ClassifierComponent, CondiffPipeline):
         class_ids = self.check_inputs(label, num_images, steps, generator, scale, guidance_scale)
         method = self.check_guidance_method(guidance_method)
         corrector = corrector_for_call(corrector_steps, corrector_snr, self.config, self.scheduler)
-        device = self._execution_device
-        labels = None if class_ids is None else torch.tensor(class_ids, device=device)
+        labels = None if class_ids is None else torch.tensor(class_ids, device=self._execution_device)
         guidance = self.call_guidance(labels, method, interval, guidance, (guidance_scale, guidance_interval))
         self._classifier_scale = float(scale)
         w = getattr(guidance, "guidance_scale", w)
         # the call's w, reported (and ignored, with a warning) for an unconditional UNet; 0: unconditional sampling
         self._guidance_scale = 0.0 if labels is None and self.class_conditional_unet else w
         batch_size = num_images if class_ids is None else len(class_ids)
-        conditions = {"cond": None, "uncond": None}
-        if self.class_conditional_unet:
-            null = torch.full((batch_size,), self.unet.config.num_class_embeds - 1, device=device)
-            conditions = {"cond": null if labels is None else labels, "uncond": null}
-        shown = torch.full((batch_size,), -1, device=device) if labels is None else labels
-        conditions["shown"] = (shown, shown)
+        conditions = self.unet_conditions(labels, batch_size)
         shape = (batch_size, self.unet.config.in_channels, *unet_sample_size(self.unet.config))
         latents, rows = self._sample(
             shape, steps, guidance, conditions, generator, latents, callback_on_step_end, tensor_inputs, corrector

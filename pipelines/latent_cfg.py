@@ -9,7 +9,6 @@ package or the Hub. Hub-loadable without condiff (this file, its siblings, torch
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -18,21 +17,15 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.schedulers import SchedulerMixin
 
 from .call_docs import shared_call_docs
-from .checks import (
-    MAX_IMAGES_PER_CALL,
-    MAX_ROWS_PER_PASS,
-    check_guide_unet,
-    check_positive_int,
-)
+from .checks import MAX_IMAGES_PER_CALL, check_guide_unet, check_positive_int
 from .config_defaults import checked_defaults
 from .denoising import CondiffPipeline
 from .labels import LabelInput
 from .locking import serialized_call
-from .networks import micro_batched
 from .outputs import CondiffPipelineOutput
 from .prompts import PromptConditionsMixin
 from .text_encoding import DEFAULT_TEXT_ENCODER, load_text_encoder, text_width
-from .weights import component_dtype
+from .text_unet import TEXT_COMPONENTS, TextUNetMixin
 
 # isort: split
 # diffusers copies only the sibling files that a local custom-pipeline file imports itself (not their own imports):
@@ -42,14 +35,14 @@ from .corrector import check_corrector_arguments  # noqa: F401
 from .diffusers_guiders import DiffusersGuidance  # noqa: F401
 from .guidance import check_guidance_arguments  # noqa: F401
 from .guiders import Step  # noqa: F401
+from .networks import micro_batched  # noqa: F401
 from .saved_folder import check_saved_folder  # noqa: F401
 from .schedules import check_schedule  # noqa: F401
 from .variance import split_variance  # noqa: F401
+from .weights import component_dtype  # noqa: F401
 
-TEXT_COMPONENTS = ("text_encoder", "tokenizer")
 
-
-class LatentCFGPipeline(PromptConditionsMixin, CondiffPipeline):
+class LatentCFGPipeline(TextUNetMixin, PromptConditionsMixin, CondiffPipeline):
     r"""Text-to-image latent diffusion with classifier-free guidance; negative prompts replace the null condition.
 
     Parameters:
@@ -114,57 +107,6 @@ class LatentCFGPipeline(PromptConditionsMixin, CondiffPipeline):
             autoguidance_cfg_interval=autoguidance_cfg_interval)  # fmt: skip
         self.register_to_config(**config, text_encoder_name_or_path=text_encoder_name_or_path,
                                 max_text_length=max_text_length, pooled_text_token=bool(pooled_text_token))  # fmt: skip
-
-    def _after_loading(self, kwargs: dict) -> None:
-        """The text encoder comes from `text_encoder_name_or_path` unless `text_encoder=` and `tokenizer=` are passed
-        to `from_pretrained`; its `dtype=` (or `torch_dtype=`) reaches it too."""
-        dtype = component_dtype(kwargs, "text_encoder")
-        if dtype is not None and "text_encoder" not in kwargs:  # built by __init__ from the name: diffusers skips it
-            self.text_encoder.to(dtype)
-
-    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
-        """diffusers' `save_pretrained` without the text encoder and tokenizer: the folder names them instead."""
-        kept = {name: getattr(self, name) for name in TEXT_COMPONENTS}
-        self.register_modules(**dict.fromkeys(TEXT_COMPONENTS))
-        try:
-            super().save_pretrained(save_directory, **kwargs)
-        finally:
-            self.register_modules(**kept)
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
-    def num_classes(self) -> int | None:
-        """Classes K the UNet's class embedding takes (its last row, K, is the null class), or None."""
-        n = self.unet.config.num_class_embeds
-        return None if n is None else n - 1
-
-    @property
-    def cross_attention_kwargs(self) -> dict | None:
-        """The `cross_attention_kwargs` of the running call, passed to the UNet's attention processors."""
-        return getattr(self, "_cross_attention_kwargs", None)
-
-    def _predict(self, network: Any, sample: torch.Tensor, condition: dict, t: Any, scale: Any) -> torch.Tensor:
-        def forward(x: torch.Tensor, states: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
-            labels = {} if class_labels is None else {"class_labels": class_labels}
-            kwargs = self.cross_attention_kwargs
-            return network(x, t, encoder_hidden_states=states, **labels, cross_attention_kwargs=kwargs).sample
-
-        rows = (condition["encoder_hidden_states"], condition.get("class_labels"))
-        return micro_batched(forward, MAX_ROWS_PER_PASS, sample, *rows)
-
-    def _callback_pair(self, conditions: dict) -> tuple:
-        return conditions["uncond"]["encoder_hidden_states"], conditions["cond"]["encoder_hidden_states"]
-
-    def _with_callback_pair(self, conditions: dict, pair: tuple) -> dict:
-        uncond = {**conditions["uncond"], "encoder_hidden_states": pair[0]}
-        return {**conditions, "uncond": uncond, "cond": {**conditions["cond"], "encoder_hidden_states": pair[1]}}
-
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents -> images in [-1, 1] (model space), through the VAE decoder."""
-        return self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
 
     @serialized_call  # schedulers are stateful: concurrent calls on one pipeline take turns (locking.py)
     @torch.no_grad()

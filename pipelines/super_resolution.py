@@ -13,22 +13,20 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.schedulers import SchedulerMixin
-from diffusers.utils.torch_utils import randn_tensor
 
 from .checks import (
     MAX_IMAGES_PER_CALL,
     check_generators,
     check_positive_int,
     resolve_num_images,
-    short_repr,
     unet_sample_size,
 )
 from .classifiers import ClassifierComponent
 from .denoising import CondiffPipeline, StepCallback
 from .locking import serialized_call
+from .low_resolution import LowResolutionInputMixin, check_noise_level
 from .outputs import CondiffPipelineOutput
-from .spatial import SpatialConditionPipeline, check_image_channels
-from .spatial_conditions import augment_low_resolution, downsample_area, noise_level_embedding, upsample_bicubic
+from .spatial import SpatialConditionPipeline
 
 # isort: split
 # diffusers copies only the sibling files that a local custom-pipeline file imports itself (see class_conditional.py)
@@ -44,11 +42,12 @@ from .networks import micro_batched  # noqa: F401
 from .noise_aware_classifier import NoiseAwareClassifier  # noqa: F401
 from .saved_folder import check_saved_folder  # noqa: F401
 from .schedules import check_schedule  # noqa: F401
+from .spatial_conditions import upsample_bicubic  # noqa: F401
 from .variance import split_variance  # noqa: F401
 from .weights import refusing_unsafe_pickles  # noqa: F401
 
 
-class SuperResolutionPipeline(ClassifierComponent, SpatialConditionPipeline):
+class SuperResolutionPipeline(LowResolutionInputMixin, ClassifierComponent, SpatialConditionPipeline):
     r"""Super-resolution by a diffusion model conditioned by concatenation (SR3; latent diffusion's super-resolution).
 
     Parameters:
@@ -108,45 +107,6 @@ class SuperResolutionPipeline(ClassifierComponent, SpatialConditionPipeline):
         self.register_modules(classifier=classifier)
         self.check_components()
         self.image_processor = VaeImageProcessor(do_resize=False, do_normalize=True, do_convert_grayscale=True)
-
-    def prepare_low_resolution(self, image: Any, size: tuple[int, int] | None) -> torch.Tensor:
-        """`image` (PIL, numpy or a tensor in [0, 1], or a list) as an (N, C, h, w) tensor in [-1, 1], checked."""
-        if image is None:
-            raise ValueError("image is required: the low-resolution image(s) to upscale")
-        try:
-            low = self.image_processor.preprocess(image)
-        except (TypeError, ValueError, AttributeError) as error:
-            raise ValueError(f"image must be a PIL image, numpy array or tensor in [0, 1], or a list of them, got "
-                             f"{short_repr(image)} ({error})") from None  # fmt: skip
-        check_image_channels(low, self.image_channels)
-        if size is not None and (low.shape[-2] > size[0] or low.shape[-1] > size[1]):
-            raise ValueError(f"image is {low.shape[-2]}x{low.shape[-1]}, larger than the output {size[0]}x{size[1]}")
-        return low.to(self._execution_device, torch.float32)
-
-    def check_components(self) -> None:
-        """Raise a ValueError when the classifier does not fit the UNet (classes, channels)."""
-        if self.classifier is None:
-            return
-        config = self.classifier.config
-        if self.num_classes is None or config.num_classes != self.num_classes:
-            raise ValueError(f"classifier has {config.num_classes} classes; the unet has {self.num_classes} "
-                             "(label=\"auto\" needs a UNet with a class embedding of the same classes)")  # fmt: skip
-        if config.in_channels != self.image_channels:
-            raise ValueError(f"classifier takes {config.in_channels} channels; the images have "
-                             f"{self.image_channels}")  # fmt: skip
-
-    def most_likely_classes(self, low: torch.Tensor) -> torch.Tensor:
-        """`label="auto"`: the classifier's most likely class of each input (N, C, h, w) in [-1, 1], seen as it was
-        trained: area-downsampled to `classifier_resolution` if larger, bicubic-upsampled to its `image_size`."""
-        if self.classifier is None:
-            raise ValueError('label="auto" needs a classifier of the inputs (the `classifier` component); this '
-                             "pipeline has none: give label ids or names, or None")  # fmt: skip
-        cap = self.config.classifier_resolution
-        if cap is not None and max(low.shape[-2:]) > cap:
-            low = downsample_area(low, (min(low.shape[-2], cap), min(low.shape[-1], cap)))
-        side = self.classifier.config.image_size
-        seen = upsample_bicubic(low, (side, side)).to(self.classifier.device, self.classifier.dtype)
-        return self.classifier(seen).argmax(1).to(low.device)
 
     @serialized_call  # schedulers are stateful: concurrent calls on one pipeline take turns (locking.py)
     @torch.inference_mode()
@@ -210,23 +170,11 @@ class SuperResolutionPipeline(ClassifierComponent, SpatialConditionPipeline):
         check_generators(generator, n)
         low = low.repeat_interleave(num_images, dim=0)  # each output's augmentation noise from its own generator
         labels = None if labels is None else labels.repeat_interleave(num_images, dim=0)
-        levels = torch.full((n,), int(level), device=low.device)
-        abar = getattr(self.scheduler, "alphas_cumprod", None)
-        if abar is None:
-            raise ValueError(f"scheduler {type(self.scheduler).__name__} has no alphas_cumprod for the augmentation")
-        noise = randn_tensor(low.shape, generator=generator, device=low.device, dtype=low.dtype)
-        spatial = upsample_bicubic(augment_low_resolution(low, levels, abar, noise=noise), size)
-        proj = self.unet.config.time_cond_proj_dim
-        timestep_cond = None if proj is None else noise_level_embedding(levels, proj)
+        spatial, timestep_cond = self.augmented_condition(low, int(level), size, generator)
         call = dict(guidance=guidance, guidance_scale=guidance_scale, guidance_interval=guidance_interval,
                     guidance_rescale=guidance_rescale, generator=generator, latents=latents, output_type=output_type,
                     return_dict=return_dict, callback_on_step_end=callback_on_step_end)  # fmt: skip
         return self._generate(spatial.to(self.unet.dtype), labels, timestep_cond, 1, settings, call)
-
-
-def check_noise_level(name: str, value: Any, maximum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
-        raise ValueError(f"{name} must be an integer in [0, {maximum}], got {short_repr(value)}")
 
 
 # diffusers' custom-pipeline loader accepts one DiffusionPipeline subclass per file: unbind the shared bases.

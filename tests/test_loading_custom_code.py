@@ -16,7 +16,7 @@ from conftest import tiny_pipeline
 from test_classifier_guided_pipeline import make_pipe
 from test_latent_cfg_pipeline import tiny_latent_pipeline
 
-from condiff.hub import entry_point, pipeline_code, stage_pipeline_code
+from condiff.hub import PIPELINE_CLASSES, entry_point, pipeline_code, stage_pipeline_code
 
 LOAD_IN_ONE_PROCESS = """
 import sys, torch
@@ -120,6 +120,18 @@ def test_the_entry_point_imports_every_file_the_pipeline_needs():
     assert "text_encoding.py" in pipeline_code("latent_cfg.py")
     with pytest.raises(ValueError, match="pipeline_file must be one of"):
         entry_point("guidance.py")
+
+
+def test_each_pipeline_file_imports_every_file_it_needs_itself():
+    """`custom_pipeline="pipelines/<file>"` copies only the files that this one file imports relatively (not their
+    own imports): each pipeline file names every file of its code, directly."""
+    import re
+
+    repo_pipelines = Path(__file__).resolve().parents[1] / "pipelines"
+    for file in PIPELINE_CLASSES:
+        named = set(re.findall(r"^from \.(\w+) import", (repo_pipelines / file).read_text(), flags=re.MULTILINE))
+        missing = set(pipeline_code(file)) - {f"{m}.py" for m in named} - {file}
+        assert not missing, f"{file} does not import {sorted(missing)}"
 
 
 def test_staging_replaces_links_without_writing_through_them(tmp_path):

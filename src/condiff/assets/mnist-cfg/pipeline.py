@@ -10,6 +10,7 @@ from .call_docs import __name__ as _call_docs  # noqa: F401
 from .callbacks import __name__ as _callbacks  # noqa: F401
 from .checks import __name__ as _checks  # noqa: F401
 from .class_conditional import ClassConditionalDDPMPipeline as Pipeline  # noqa: F401
+from .class_unet import __name__ as _class_unet  # noqa: F401
 from .config_defaults import __name__ as _config_defaults  # noqa: F401
 from .corrector import __name__ as _corrector  # noqa: F401
 from .denoising import __name__ as _denoising  # noqa: F401

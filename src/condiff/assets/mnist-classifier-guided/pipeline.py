@@ -17,6 +17,7 @@ from .denoising import __name__ as _denoising  # noqa: F401
 from .diffusers_guiders import __name__ as _diffusers_guiders  # noqa: F401
 from .digit_classifier import __name__ as _digit_classifier  # noqa: F401
 from .guidance import __name__ as _guidance  # noqa: F401
+from .guided_unet import __name__ as _guided_unet  # noqa: F401
 from .guiders import __name__ as _guiders  # noqa: F401
 from .labels import __name__ as _labels  # noqa: F401
 from .locking import __name__ as _locking  # noqa: F401

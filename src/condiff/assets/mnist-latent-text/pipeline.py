@@ -24,5 +24,6 @@ from .prompts import __name__ as _prompts  # noqa: F401
 from .saved_folder import __name__ as _saved_folder  # noqa: F401
 from .schedules import __name__ as _schedules  # noqa: F401
 from .text_encoding import __name__ as _text_encoding  # noqa: F401
+from .text_unet import __name__ as _text_unet  # noqa: F401
 from .variance import __name__ as _variance  # noqa: F401
 from .weights import __name__ as _weights  # noqa: F401

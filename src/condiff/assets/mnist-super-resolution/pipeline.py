@@ -18,6 +18,7 @@ from .guidance import __name__ as _guidance  # noqa: F401
 from .guiders import __name__ as _guiders  # noqa: F401
 from .labels import __name__ as _labels  # noqa: F401
 from .locking import __name__ as _locking  # noqa: F401
+from .low_resolution import __name__ as _low_resolution  # noqa: F401
 from .networks import __name__ as _networks  # noqa: F401
 from .noise_aware_classifier import __name__ as _noise_aware_classifier  # noqa: F401
 from .outputs import __name__ as _outputs  # noqa: F401

@@ -1,0 +1,1 @@
+../../../../pipelines/class_unet.py

@@ -1,0 +1,1 @@
+../../../../pipelines/guided_unet.py

@@ -1,0 +1,1 @@
+../../../../pipelines/text_unet.py

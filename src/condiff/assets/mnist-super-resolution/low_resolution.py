@@ -1,0 +1,1 @@
+../../../../pipelines/low_resolution.py
