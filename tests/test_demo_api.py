@@ -48,8 +48,11 @@ def test_generate_streams_previews_then_the_grid_and_strip(client):
     # the strip's last column is the final images' x0 (the grid's images, at another zoom)
     last = Image.open(strip).convert("L").crop((5 * 56, 0, 6 * 56, 112)).resize((28, 56), Image.NEAREST)
     grid = Image.open(result).convert("L").resize((56, 28), Image.NEAREST)
-    assert list(last.crop((0, 0, 28, 28)).getdata()) == list(grid.crop((0, 0, 28, 28)).getdata())
-    assert list(last.crop((0, 28, 28, 56)).getdata()) == list(grid.crop((28, 0, 56, 28)).getdata())
+    # equal in exact arithmetic (the last step's x0 is its sample), computed by different float operations: a pixel
+    # may round to the next grey level
+    for tile, image in (((0, 0, 28, 28), (0, 0, 28, 28)), ((0, 28, 28, 56), (28, 0, 56, 28))):
+        a, b = list(last.crop(tile).getdata()), list(grid.crop(image).getdata())
+        assert max(abs(p - q) for p, q in zip(a, b)) <= 1 and len(a) == len(b) == 28 * 28
 
 
 @pytest.mark.parametrize(
