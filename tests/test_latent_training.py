@@ -88,6 +88,21 @@ def test_caption_table_draws_candidates_or_the_empty_caption():
     assert torch.equal(drawn, table.draw(index, 0.0, torch.Generator().manual_seed(0))[:, 0, 0])
 
 
+def test_text_noise_perturbs_drawn_captions_but_never_the_empty_one():
+    table = CaptionTable.from_captions([["a"], ["b"]])
+    table.embeddings = torch.randn(3, 4, 64, generator=torch.Generator().manual_seed(1))
+    table.embeddings[0] = 0.0  # the null caption
+    index = torch.tensor([0, 1] * 200)
+    clean = table.draw(index, 0.3, torch.Generator().manual_seed(0))
+    noisy = table.draw(index, 0.3, torch.Generator().manual_seed(0), noise=0.5)
+    empty = clean.flatten(1).abs().sum(1) == 0
+    assert 40 < int(empty.sum()) < 200 and torch.equal(noisy[empty], clean[empty])
+    added = (noisy - clean)[~empty]
+    expected = 0.5 * float(table.embeddings.std())
+    assert abs(float(added.std()) - expected) < 0.05 * expected and abs(float(added.mean())) < 0.05 * expected
+    assert torch.equal(noisy, table.draw(index, 0.3, torch.Generator().manual_seed(0), noise=0.5))
+
+
 @pytest.fixture(scope="module")
 def mnist_vae(tmp_path_factory) -> str:
     """A tiny 28x28 VAE (random weights, scaling factor measured) saved as a folder."""
@@ -140,6 +155,8 @@ def test_latent_task_refuses_bad_flags_before_any_work(tmp_path, mnist_vae):
         run(["latent_cfg", "--output_dir", str(tmp_path / "a"), "--vae", str(tmp_path)])
     with pytest.raises(ValueError, match="--caption_column is required with --dataset_name"):
         run(["latent_cfg", "--output_dir", str(tmp_path / "b"), "--vae", mnist_vae, "--dataset_name", "x/y"])
+    with pytest.raises(ValueError, match="text_noise"):
+        run(["latent_cfg", "--output_dir", str(tmp_path / "c"), "--vae", mnist_vae, "--text_noise", "-0.5"])
 
 
 def test_short_latent_training_reduces_the_denoising_loss(tmp_path, mnist_vae, encoder_folder):

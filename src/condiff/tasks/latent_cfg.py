@@ -53,6 +53,13 @@ class LatentCFGTask(ImageDataTask):
             help="one more cross-attention token: the mean of the encoder's hidden states over the caption (the "
             "sentence embedding of sentence-transformers models), for prompts phrased unlike the captions",
         )
+        g.add_argument(
+            "--text_noise",
+            type=float,
+            default=0.0,
+            help="conditioning augmentation: Gaussian noise added to a caption's hidden states in training, in units "
+            "of their standard deviation over the captions (the null caption is kept exact)",
+        )
         g.add_argument("--caption_column", default=None, help="captions from the data set (default: MNIST captions)")
         g.add_argument("--captions_per_image", type=int, default=4, help="MNIST captions written per image")
         g.add_argument("--p_uncond", type=float, default=0.1, help="probability of training on the empty caption")
@@ -76,6 +83,7 @@ class LatentCFGTask(ImageDataTask):
             require_int(name, getattr(a, name))
         require_int("validation_images_per_prompt", a.validation_images_per_prompt, 1, 256, allow_none=True)
         require_real("p_uncond", a.p_uncond, 0.0, 1.0)
+        require_real("text_noise", a.text_noise, 0.0)
         require_real("validation_guidance_scale", a.validation_guidance_scale, 0.0)
         check_channels(a.block_out_channels, a.norm_num_groups)
         check_diffusion_args(a)
@@ -186,7 +194,7 @@ class LatentCFGTask(ImageDataTask):
         index, device = batch["index"].cpu(), batch["index"].device
         mean, std = (t[index].to(device) for t in self.posterior)
         latents = sample_latents(mean, std, self.scaling_factor, generator)
-        text = self.captions.draw(index, self.args.p_uncond, generator).to(device)
+        text = self.captions.draw(index, self.args.p_uncond, generator, self.args.text_noise).to(device)
         kwargs = {"encoder_hidden_states": text}
         if self.args.use_class_labels:
             kwargs["class_labels"] = drop_labels(batch["labels"], self.data.num_classes, self.args.p_uncond, generator)
@@ -285,12 +293,17 @@ class CaptionTable:
         rows = [[ids[c] for c in captions] + [ids[captions[-1]]] * (width - len(captions)) for captions in per_image]
         return cls(texts, torch.tensor(rows, dtype=torch.long))
 
-    def draw(self, index, p_empty: float, generator):
-        """Embeddings (N, tokens, width) of one candidate caption per image, "" with probability `p_empty`."""
+    def draw(self, index, p_empty: float, generator, noise: float = 0.0):
+        """Embeddings (N, tokens, width) of one candidate caption per image, "" with probability `p_empty`; with
+        `noise`, Gaussian noise of `noise` x the embeddings' standard deviation added to the non-empty ones."""
         import torch
 
         n, k = len(index), self.candidates.shape[1]
         pick = torch.randint(0, k, (n,), generator=generator, device=generator.device).cpu()
         empty = (torch.rand(n, generator=generator, device=generator.device) < p_empty).cpu()
         ids = torch.where(empty, torch.zeros_like(pick), self.candidates[index, pick])
-        return self.embeddings[ids]
+        text = self.embeddings[ids]
+        if noise > 0:
+            z = torch.randn(text.shape, generator=generator, device=generator.device).cpu()
+            text = text + (noise * float(self.embeddings.std())) * z * (~empty).view(-1, 1, 1)
+        return text
