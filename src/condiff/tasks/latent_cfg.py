@@ -148,6 +148,7 @@ class LatentCFGTask(ImageDataTask):
             .float()
             .cpu()
         )
+        table.embeddings_std = float(table.embeddings.std())
         return table
 
     def mnist_captions(self) -> list[list[str]]:
@@ -282,6 +283,7 @@ class CaptionTable:
 
     def __init__(self, texts: list[str], candidates):
         self.texts, self.candidates, self.embeddings = texts, candidates, None
+        self.embeddings_std: float | None = None  # set once with the embeddings (`--text_noise`'s unit)
 
     @classmethod
     def from_captions(cls, per_image: list[list[str]]) -> CaptionTable:
@@ -305,5 +307,6 @@ class CaptionTable:
         text = self.embeddings[ids]
         if noise > 0:
             z = torch.randn(text.shape, generator=generator, device=generator.device).cpu()
-            text = text + (noise * float(self.embeddings.std())) * z * (~empty).view(-1, 1, 1)
+            std = self.embeddings_std if self.embeddings_std is not None else float(self.embeddings.std())
+            text = text + (noise * std) * z * (~empty).view(-1, 1, 1)
         return text
