@@ -148,7 +148,6 @@ class LatentCFGTask(ImageDataTask):
             .float()
             .cpu()
         )
-        table.embeddings_std = float(table.embeddings.std())
         return table
 
     def mnist_captions(self) -> list[list[str]]:
@@ -283,7 +282,7 @@ class CaptionTable:
 
     def __init__(self, texts: list[str], candidates):
         self.texts, self.candidates, self.embeddings = texts, candidates, None
-        self.embeddings_std: float | None = None  # set once with the embeddings (`--text_noise`'s unit)
+        self.embeddings_std: float | None = None  # `--text_noise`'s unit, computed at the first noisy draw
 
     @classmethod
     def from_captions(cls, per_image: list[list[str]]) -> CaptionTable:
@@ -307,6 +306,7 @@ class CaptionTable:
         text = self.embeddings[ids]
         if noise > 0:
             z = torch.randn(text.shape, generator=generator, device=generator.device).cpu()
-            std = self.embeddings_std if self.embeddings_std is not None else float(self.embeddings.std())
-            text = text + (noise * std) * z * (~empty).view(-1, 1, 1)
+            if self.embeddings_std is None:
+                self.embeddings_std = float(self.embeddings.std())
+            text = text + (noise * self.embeddings_std) * z * (~empty).view(-1, 1, 1)
         return text
