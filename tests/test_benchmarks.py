@@ -250,3 +250,18 @@ def test_text_styles_apg_setting_guides_the_steps_of_its_noise_interval():
     assert 0 < len(inside) < 25
     assert (guider._start, guider._stop) == (inside[0] / 25, (inside[-1] + 1) / 25)
     assert (guider.guidance_scale, guider.eta) == (4.0, 0.0)
+
+
+def test_classifier_guidance_misses_reports_the_draw_and_draws_its_misses(tmp_path):
+    """benchmarks/classifier_guidance_misses.py on the shipped folder at 2 steps (mostly misses): the counts add up,
+    the JSON file holds the printed line and the grid has one 32-pixel tile (4x enlarged) per miss."""
+    from classifier_guidance_misses import main as misses_main
+
+    argv = ["--num-per-class", "1", "--num-inference-steps", "2", "--out", str(tmp_path / "m.json")]
+    result = misses_main([*argv, "--grid", str(tmp_path / "m.png")])
+    assert result["num_samples"] == 10 and result["requested"] == list(range(10))
+    assert result["guide_fooled"] + result["guide_rejects"] == result["misses"] == len(result["missed_indices"]) > 0
+    assert result["evaluator_accuracy"] == pytest.approx(1 - result["misses"] / 10) == result["accuracy"]
+    assert result["fd_over_floor_same_n"] > 1
+    assert json.loads((tmp_path / "m.json").read_text())["missed_indices"] == result["missed_indices"]
+    assert Image.open(tmp_path / "m.png").size == (128 * result["misses"], 128)

@@ -53,6 +53,38 @@ def test_noise_aware_classifier_task_reports_accuracy_per_noise_level(tmp_path):
     assert "| t | noise fraction | accuracy |" in card and "accuracy_by_timestep.png" in card
 
 
+@pytest.mark.parametrize("augment", [False, True])
+def test_classifier_augment_noises_randomly_transformed_digits(monkeypatch, augment):
+    """`--augment` noises a random rotation / scale / shift of each digit (the evaluator's `random_affine`, drawn
+    from the training generator); without it the clean batch is noised as it is."""
+    import condiff.diffusion
+    from condiff.engine.task import Modules
+    from condiff.evaluator import random_affine
+    from condiff.train import parse
+
+    cleans = []
+
+    def noisy_batch(scheduler, clean, generator):  # the noising step, recorded: x_t = x0 at t = 0
+        cleans.append(clean)
+        return clean, torch.zeros_like(clean), torch.zeros(len(clean), dtype=torch.long)
+
+    monkeypatch.setattr(condiff.diffusion, "noisy_batch", noisy_batch)
+    task_cls, args, _ = parse(["classifier", "--output_dir", "unused", *(["--augment"] if augment else [])])
+    task = task_cls(args)
+    task.noise_scheduler = training_scheduler("squaredcos_cap_v2", "epsilon", 1000)
+    digits = np.load(REPO / "src" / "condiff" / "assets" / "mnist-10k.npz")
+    images = torch.from_numpy(digits["images"][:8]).float().div(127.5).sub(1).unsqueeze(1)
+    labels = torch.from_numpy(digits["labels"][:8]).long()
+    classifier = lambda x, t: x.flatten(1)[:, :10] * 0 + torch.zeros(10, requires_grad=True)  # noqa: E731
+    loss, _ = task.loss(Modules(trained={"classifier": classifier}), {"images": images, "labels": labels},
+                        torch.Generator().manual_seed(3))  # fmt: skip
+    assert torch.isclose(loss, torch.tensor(np.log(10.0), dtype=loss.dtype))
+    expected = random_affine(images, generator=torch.Generator().manual_seed(3)) if augment else images
+    torch.testing.assert_close(cleans[0], expected)
+    moved = (cleans[0] - images).abs().amax(dim=(1, 2, 3))
+    assert bool((moved > 0.5).all()) if augment else bool((moved == 0).all())
+
+
 def test_the_classifier_component_loads_without_condiff(tmp_path):
     """The component's code is Hub-loadable: import the file by path with condiff made unimportable."""
     from condiff.pipelines.noise_aware_classifier import NoiseAwareClassifier

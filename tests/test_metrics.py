@@ -18,6 +18,7 @@ from condiff.evaluation import (
     evaluate_images,
     evaluate_pipeline,
     frechet_distance,
+    guidance_misses,
     metrics,
     real_features,
     real_vs_real_floor,
@@ -227,3 +228,36 @@ def test_evaluate_images_rejects_non_finite_images():
     images[1, 0, 3, 3] = float("nan")
     with pytest.raises(ValueError, match="NaN or inf"):
         metrics.evaluate_images(images, [0, 1, 2, 3])
+
+
+class _FixedGuide(torch.nn.Module):
+    """A stand-in noise-aware classifier that predicts a fixed class per image, and checks it is read at t = 0."""
+
+    def __init__(self, predictions: np.ndarray):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.predictions, self.seen = torch.as_tensor(predictions), 0
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        assert t.shape == (len(x),) and bool((t == 0).all())
+        rows = self.predictions[self.seen : self.seen + len(x)]
+        self.seen += len(x)
+        return torch.nn.functional.one_hot(rows, 10).float()
+
+
+def test_guidance_misses_splits_the_evaluators_misses_by_the_guiding_classifiers_verdict(classifier, test_split):
+    images, true = test_split[0][:300], test_split[1][:300].astype(np.int64)
+    requested = true.copy()
+    requested[:20] = (true[:20] + 1) % 10  # 20 "samples" that show another digit than the one asked for
+    guide = requested.copy()
+    guide[:8] = (requested[:8] + 5) % 10  # the guiding classifier rejects 8 of them, is fooled by the other 12
+    evaluator = classifier_features_and_logits(classifier, uint8_to_model_tensor(images))[1].argmax(1)
+    natural = np.flatnonzero(evaluator[20:] != true[20:]) + 20  # the evaluator's own mistakes on real digits
+    result = guidance_misses(_to_unit(images), requested, _FixedGuide(guide), classifier=classifier)
+    assert result["missed_indices"] == list(range(20)) + natural.tolist()
+    assert result["misses"] == 20 + len(natural) and result["guide_rejects"] == 8
+    assert result["guide_fooled"] == 12 + len(natural)
+    assert result["evaluator_accuracy"] == pytest.approx(1 - result["misses"] / 300)
+    assert result["guide_accuracy"] == pytest.approx(292 / 300)
+    with pytest.raises(ValueError, match="labels has 299 entries"):
+        guidance_misses(_to_unit(images), requested[:299], _FixedGuide(guide), classifier=classifier)

@@ -22,6 +22,7 @@ _EXPORTS = {
             "default_classifier",
             "evaluate_images",
             "frechet_distance",
+            "guidance_misses",
             "matched_floor",
             "real_diversity",
             "real_features",

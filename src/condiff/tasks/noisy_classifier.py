@@ -35,6 +35,11 @@ class NoiseAwareClassifierTask(ImageDataTask):
         g.add_argument("--noise_schedule", choices=NOISE_SCHEDULES, default="squaredcos_cap_v2")
         g.add_argument("--num_train_timesteps", type=int, default=1000, help="the diffusion model's schedule length")
         g.add_argument("--validation_images", type=int, default=1000, help="images per noise level in validation")
+        g.add_argument(
+            "--augment",
+            action="store_true",
+            help="random rotation / scale / shift of the clean images before noising (as the evaluator trains)",
+        )
 
     def check_args(self) -> None:
         a = self.args
@@ -63,8 +68,10 @@ class NoiseAwareClassifierTask(ImageDataTask):
         import torch.nn.functional as F
 
         from condiff.diffusion import noisy_batch
+        from condiff.evaluator import random_affine
 
-        noisy, _, timesteps = noisy_batch(self.noise_scheduler, batch["images"], generator)
+        images = random_affine(batch["images"], generator=generator) if self.args.augment else batch["images"]
+        noisy, _, timesteps = noisy_batch(self.noise_scheduler, images, generator)
         return F.cross_entropy(modules.classifier(noisy, timesteps), batch["labels"]), {}
 
     def accuracy_table(self, modules: Modules) -> dict:
