@@ -313,8 +313,8 @@ def guidance_misses(
 ) -> dict[str, Any]:
     """Where classifier guidance's misses come from. Of the samples that the evaluator (`classifier`, default the
     shipped one) does not assign to their requested label, `guide_fooled` counts those that the noise-aware
-    classifier which guided them, read at t = 0, does assign to it (guidance reached the classifier's region of the
-    class, the digit is another one: a sharper guiding classifier is the lever); `guide_rejects` the rest."""
+    classifier which guided them, read at t = 0, does assign to it (guidance reached that classifier's region of the
+    class, the evaluator sees another digit); `guide_rejects` the rest."""
     classifier = classifier if classifier is not None else default_classifier()
     x = _to_model_range(images, value_range)
     labels = np.asarray(labels).reshape(-1)
