@@ -24,14 +24,16 @@ from condiff.loading import load_pipeline
 
 
 def misses_grid(images: torch.Tensor, indices: list[int], path: Path) -> None:
-    """The missed samples (N, 1, H, W in [0, 1]) side by side, 4x enlarged, as a PNG."""
+    """The missed samples (N, 1, H, W in [0, 1]) in one row, each framed in grey, 4x enlarged, as a PNG
+    (`diffusers.utils.make_image_grid`)."""
+    from diffusers.utils import make_image_grid
     from PIL import Image
 
     tiles = [np.pad(images[i, 0].numpy(), 2, constant_values=0.5) for i in indices] or [np.full((32, 32), 0.5)]
-    row = np.concatenate(tiles, axis=1)
-    picture = Image.fromarray((row * 255).round().astype(np.uint8))
+    pictures = [Image.fromarray((tile * 255).round().astype(np.uint8)) for tile in tiles]
+    row = make_image_grid(pictures, rows=1, cols=len(pictures))
     path.parent.mkdir(parents=True, exist_ok=True)
-    picture.resize((row.shape[1] * 4, row.shape[0] * 4), Image.NEAREST).save(path)
+    row.resize((row.width * 4, row.height * 4), Image.NEAREST).save(path)
 
 
 def main(argv: list[str] | None = None) -> dict:

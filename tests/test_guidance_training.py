@@ -58,6 +58,7 @@ def test_classifier_augment_noises_randomly_transformed_digits(monkeypatch, augm
     """`--augment` noises a random rotation / scale / shift of each digit (the evaluator's `random_affine`, drawn
     from the training generator); without it the clean batch is noised as it is."""
     import condiff.diffusion
+    from condiff.data import load_mnist_arrays, uint8_to_model_tensor
     from condiff.engine.task import Modules
     from condiff.evaluator import random_affine
     from condiff.train import parse
@@ -72,9 +73,8 @@ def test_classifier_augment_noises_randomly_transformed_digits(monkeypatch, augm
     task_cls, args, _ = parse(["classifier", "--output_dir", "unused", *(["--augment"] if augment else [])])
     task = task_cls(args)
     task.noise_scheduler = training_scheduler("squaredcos_cap_v2", "epsilon", 1000)
-    digits = np.load(REPO / "src" / "condiff" / "assets" / "mnist-10k.npz")
-    images = torch.from_numpy(digits["images"][:8]).float().div(127.5).sub(1).unsqueeze(1)
-    labels = torch.from_numpy(digits["labels"][:8]).long()
+    digits, labels = load_mnist_arrays("train")
+    images, labels = uint8_to_model_tensor(digits[:8]), torch.from_numpy(labels[:8])
     classifier = lambda x, t: x.flatten(1)[:, :10] * 0 + torch.zeros(10, requires_grad=True)  # noqa: E731
     loss, _ = task.loss(Modules(trained={"classifier": classifier}), {"images": images, "labels": labels},
                         torch.Generator().manual_seed(3))  # fmt: skip
