@@ -20,7 +20,11 @@ from .weights import component_load_kwargs, refusing_unsafe_pickles
 
 CLASSIFIER_FILE = "noise_aware_classifier.py"
 # the classifier classes whose code a pipeline folder carries (saved next to their weights): class -> file
-CLASSIFIER_CODE = {"NoiseAwareClassifier": CLASSIFIER_FILE, "MnistClassifier": "digit_classifier.py"}
+CLASSIFIER_CODE = {
+    "NoiseAwareClassifier": CLASSIFIER_FILE,
+    "NoiseAwareClassifierEnsemble": CLASSIFIER_FILE,
+    "MnistClassifier": "digit_classifier.py",
+}
 GUIDANCE_METHODS = ("mean_shift", "score")
 HUB_KWARGS = ("cache_dir", "token", "revision", "local_files_only", "force_download", "proxies")
 
@@ -57,8 +61,8 @@ def check_classifier_fits(unet_cfg: Any, classifier: Any, scheduler_config: Any)
 
 
 def save_classifier_code(classifier: Any, save_directory: str | os.PathLike) -> None:
-    """Copy a `NoiseAwareClassifier`'s or `MnistClassifier`'s code next to its saved weights and name it in
-    model_index.json, so the folder loads without condiff."""
+    """Copy a `NoiseAwareClassifier`'s (or its ensemble's) or `MnistClassifier`'s code next to its saved weights
+    and name it in model_index.json, so the folder loads without condiff."""
     name = type(classifier).__name__
     if classifier is None or name not in CLASSIFIER_CODE:
         return
@@ -84,15 +88,16 @@ def saved_classifier_class(path: str | os.PathLike, kwargs: dict) -> str | None:
 
 
 def load_saved_classifier(path: str | os.PathLike, kwargs: dict) -> Any:
-    """The saved pipeline's classifier (`NoiseAwareClassifier` or `MnistClassifier`), loaded with this package's
-    class (no `trust_remote_code`) and the dtype and variant `kwargs` ask for; None when the folder holds none."""
+    """The saved pipeline's classifier (`NoiseAwareClassifier`, its ensemble or `MnistClassifier`), loaded with this
+    package's class (no `trust_remote_code`) and the dtype and variant `kwargs` ask for; None when it holds none."""
     name = saved_classifier_class(path, kwargs)
     if name is None:
         return None
     from .digit_classifier import MnistClassifier
-    from .noise_aware_classifier import NoiseAwareClassifier
+    from .noise_aware_classifier import NoiseAwareClassifier, NoiseAwareClassifierEnsemble
 
-    classes = {"NoiseAwareClassifier": NoiseAwareClassifier, "MnistClassifier": MnistClassifier}
+    classes = {"MnistClassifier": MnistClassifier, "NoiseAwareClassifier": NoiseAwareClassifier}
+    classes["NoiseAwareClassifierEnsemble"] = NoiseAwareClassifierEnsemble
     loading = component_load_kwargs(kwargs, path, "classifier")
     return classes[name].from_pretrained(path, subfolder="classifier", **loading)
 

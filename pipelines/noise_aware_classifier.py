@@ -67,3 +67,51 @@ class NoiseAwareClassifier(ModelMixin, ConfigMixin):
             h = block(h, emb)
         h = nn.functional.silu(self.norm_out(h)).mean(dim=(2, 3))
         return self.head(h)
+
+
+class NoiseAwareClassifierEnsemble(ModelMixin, ConfigMixin):
+    """A product of noise-aware classifiers: its logits are the mean of the members' log-probabilities, so
+    log p(y | x_t, t) is their renormalised mean and classifier guidance follows the mean of their gradients,
+    steering a sample until the members agree (a region that fools one member is not enough).
+
+    `member_configs` holds each member's `NoiseAwareClassifier` config (`from_members` builds the ensemble from trained
+    classifiers); the shared settings are recorded too, as a pipeline checks them against its UNet and scheduler.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        member_configs: tuple[dict, ...] = (),
+        in_channels: int = 1,
+        num_classes: int = 10,
+        sample_size: int = 28,
+        num_train_timesteps: int = 1000,
+    ):
+        super().__init__()
+        if len(member_configs) < 2:
+            raise ValueError(f"member_configs must hold at least two classifier configs, got {len(member_configs)}")
+        shared = {"in_channels": in_channels, "num_classes": num_classes, "sample_size": sample_size}
+        shared["num_train_timesteps"] = num_train_timesteps
+        self.members = nn.ModuleList(NoiseAwareClassifier(**member) for member in member_configs)
+        for i, member in enumerate(self.members):
+            differing = {k: member.config[k] for k, v in shared.items() if member.config[k] != v}
+            if differing:
+                raise ValueError(f"member_configs[{i}] has {differing} but the ensemble {shared}: members must agree")
+
+    @classmethod
+    def from_members(cls, classifiers: list[NoiseAwareClassifier]) -> NoiseAwareClassifierEnsemble:
+        """An ensemble holding copies of the trained `classifiers` (their configs and weights)."""
+        if len(classifiers) < 2 or not all(isinstance(c, NoiseAwareClassifier) for c in classifiers):
+            raise ValueError("classifiers must be at least two NoiseAwareClassifier models")
+        configs = [{k: v for k, v in c.config.items() if not k.startswith("_")} for c in classifiers]
+        shared = {k: configs[0][k] for k in ("in_channels", "num_classes", "sample_size", "num_train_timesteps")}
+        ensemble = cls(member_configs=configs, **shared)
+        for member, trained in zip(ensemble.members, classifiers):
+            member.load_state_dict(trained.state_dict())
+        ensemble.to(classifiers[0].device)
+        return ensemble if ensemble.dtype == classifiers[0].dtype else ensemble.to(dtype=classifiers[0].dtype)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float | int) -> torch.Tensor:
+        """Logits (N, num_classes): the mean of the members' log-softmax."""
+        log_probs = [torch.log_softmax(member(sample, timestep).float(), dim=-1) for member in self.members]
+        return torch.stack(log_probs).mean(dim=0).to(sample.dtype)

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from condiff.pipelines import ClassifierGuidedPipeline
-from condiff.pipelines.noise_aware_classifier import NoiseAwareClassifier
+from condiff.pipelines.noise_aware_classifier import NoiseAwareClassifier, NoiseAwareClassifierEnsemble
 from diffusers import DDPMPipeline, DDPMScheduler
 
 from condiff.assemble import main as assemble_main
@@ -52,6 +52,45 @@ def test_assembled_folder_loads_and_carries_the_records(parts, tmp_path):
     pipe.set_progress_bar_config(disable=True)
     images = pipe(label=[3, 4], generator=torch.Generator().manual_seed(0), output_type="pt").images
     assert images.shape == (2, 1, 28, 28)
+
+
+def second_classifier(folder, **config):
+    torch.manual_seed(1)
+    config = {"block_out_channels": (8, 8, 16), "norm_num_groups": 4, "num_train_timesteps": 100} | config
+    NoiseAwareClassifier(**config).save_pretrained(folder)
+    (folder / "training_summary.json").write_text(json.dumps({"command": "train_classifier.py --second"}))
+    return folder
+
+
+def test_assembling_two_classifiers_guides_with_their_product(parts, tmp_path):
+    second = second_classifier(tmp_path / "second")
+    out = assemble(parts, tmp_path / "cg", "--classifier", str(parts / "classifier"), str(second))
+    pipe = ClassifierGuidedPipeline.from_pretrained(out)
+    assert type(pipe.classifier) is NoiseAwareClassifierEnsemble
+    members = [NoiseAwareClassifier.from_pretrained(folder) for folder in (parts / "classifier", second)]
+    x, t = torch.randn(3, 1, 28, 28), torch.tensor([0, 40, 99])
+    product = torch.stack([m(x, t).log_softmax(-1) for m in members]).mean(0)
+    torch.testing.assert_close(pipe.classifier(x, t), product)
+    torch.testing.assert_close(pipe.classifier(x, t).log_softmax(-1), product - product.logsumexp(-1, keepdim=True))
+    card = (out / "README.md").read_text()
+    assert "`NoiseAwareClassifierEnsemble`" in card and "member 1" in card and "train_classifier.py --second" in card
+    assert "| 99 | 0.100 |" in card and (out / "classifier" / "member_0" / "accuracy_by_timestep.json").is_file()
+    assert (out / "classifier" / "member_1" / "training_summary.json").is_file()
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(label=[3, 4], generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert images.shape == (2, 1, 28, 28)
+
+
+def test_an_ensemble_refuses_members_that_disagree(parts, tmp_path):
+    one = NoiseAwareClassifier.from_pretrained(parts / "classifier")
+    with pytest.raises(ValueError, match="classifiers must be at least two"):
+        NoiseAwareClassifierEnsemble.from_members([one])
+    other = NoiseAwareClassifier.from_pretrained(second_classifier(tmp_path / "other", num_train_timesteps=50))
+    with pytest.raises(ValueError, match=r"member_configs\[1\] has \{'num_train_timesteps': 50\}"):
+        NoiseAwareClassifierEnsemble.from_members([one, other])
+    with pytest.raises(ValueError, match="--classifier .*missing.* is not a folder"):
+        assemble(parts, tmp_path / "cg", "--classifier", str(parts / "classifier"), str(tmp_path / "missing"))
+    assert not (tmp_path / "cg").exists()
 
 
 def test_assembly_refuses_a_non_empty_folder_and_a_misfit_classifier(parts, tmp_path):

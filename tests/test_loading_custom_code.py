@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_pipeline
-from test_classifier_guided_pipeline import make_pipe
+from test_classifier_guided_pipeline import make_pipe, noisy_classifier
 from test_latent_cfg_pipeline import tiny_latent_pipeline
 
 from condiff.hub import PIPELINE_CLASSES, entry_point, pipeline_code, stage_pipeline_code
@@ -72,6 +72,21 @@ def test_three_pipeline_folders_load_in_one_process_each_as_its_own_class(tmp_pa
     assert [line.split()[1] for line in lines] == [f"diffusers_modules.local.{f[:-3]}" for f in pipes]
     for got, (file, pipe) in zip(images, pipes.items(), strict=True):
         torch.testing.assert_close(got, expected(pipe, CALLS[file]), atol=2e-6, rtol=0)
+
+
+def test_a_classifier_ensemble_folder_loads_without_condiff(tmp_path):
+    from condiff.pipelines.noise_aware_classifier import NoiseAwareClassifierEnsemble
+
+    members = [noisy_classifier(), noisy_classifier(block_out_channels=(8, 8, 16))]
+    pipe = make_pipe(classifier=NoiseAwareClassifierEnsemble.from_members(members))
+    folder = tmp_path / "ensemble"
+    pipe.save_pretrained(folder)
+    stage_pipeline_code(folder, "classifier_guided.py")
+    images, lines = load_in_one_process(tmp_path, [(folder, CALLS["classifier_guided.py"])])
+    assert lines[0].split()[0] == "ClassifierGuidedPipeline"
+    torch.testing.assert_close(images[0], expected(pipe, CALLS["classifier_guided.py"]), atol=2e-6, rtol=0)
+    unguided = expected(pipe, CALLS["classifier_guided.py"] | {"classifier_scale": 0.0})
+    assert (images[0] - unguided).abs().max() > 1e-3  # the ensemble steered the samples
 
 
 def test_the_shipped_folders_load_in_one_process(tmp_path):

@@ -37,17 +37,19 @@ def training_command(folder: Path) -> str:
     return command or "(not recorded)"
 
 
-def build_pipeline(diffusion_model: str | Path, classifier: str | Path, sampler: str | None, **config: Any):
-    """A `ClassifierGuidedPipeline` from a saved diffusion pipeline folder and a saved classifier folder."""
+def build_pipeline(diffusion_model: str | Path, classifiers: list, sampler: str | None, **config: Any):
+    """A `ClassifierGuidedPipeline` from a saved diffusion pipeline folder and one or more saved classifier folders
+    (more than one: their `NoiseAwareClassifierEnsemble`)."""
     from diffusers import DiffusionPipeline
 
     from condiff.data import MNIST_LABEL_NAMES
     from condiff.models import scheduler_for
     from condiff.pipelines import ClassifierGuidedPipeline
-    from condiff.pipelines.noise_aware_classifier import NoiseAwareClassifier
+    from condiff.pipelines.noise_aware_classifier import NoiseAwareClassifier, NoiseAwareClassifierEnsemble
 
     base = DiffusionPipeline.from_pretrained(str(diffusion_model), use_safetensors=True)
-    clf = NoiseAwareClassifier.from_pretrained(str(classifier), use_safetensors=True)
+    members = [NoiseAwareClassifier.from_pretrained(str(c), use_safetensors=True) for c in classifiers]
+    clf = members[0] if len(members) == 1 else NoiseAwareClassifierEnsemble.from_members(members)
     scheduler = scheduler_for(sampler, base.scheduler.config) if sampler else base.scheduler
     id2label = getattr(base, "id2label", None)
     if id2label is None and clf.config.num_classes == len(MNIST_LABEL_NAMES):
@@ -74,36 +76,78 @@ def assemble(args: argparse.Namespace) -> Path:
         tmp = Path(tmp_name)
         pipe.save_pretrained(tmp, safe_serialization=True)
         stage_pipeline_code(tmp, "classifier_guided.py")
-        for part, source in (("unet", args.diffusion_model), ("classifier", args.classifier)):
-            for name in ("training_summary.json", "training_args.json"):
-                if (Path(source) / name).is_file():
-                    shutil.copyfile(Path(source) / name, tmp / part / name)
-        for name in ("accuracy_by_timestep.json", "accuracy_by_timestep.png"):
-            if (Path(args.classifier) / name).is_file():
-                shutil.copyfile(Path(args.classifier) / name, tmp / "classifier" / name)
+        copy_records(args.diffusion_model, tmp / "unet", TRAINING_RECORDS)
+        for source, part in zip(args.classifier, classifier_parts(args.classifier)):
+            copy_records(source, tmp / part, TRAINING_RECORDS + ACCURACY_RECORDS)
         export = Export("classifier_guided.md", card_fields(pipe, args), ["classifier-guidance"])
         write_model_card(tmp, export, {"repo_id": str(out), "model_name": out.name, "dataset": "MNIST"})
         replace_files(tmp, out)
     return out
 
 
-def card_fields(pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
-    unet_record, clf_record = training_record(Path(args.diffusion_model)), training_record(Path(args.classifier))
-    accuracy = Path(args.classifier) / "accuracy_by_timestep.json"
+TRAINING_RECORDS = ("training_summary.json", "training_args.json")
+ACCURACY_RECORDS = ("accuracy_by_timestep.json", "accuracy_by_timestep.png")
+
+
+def classifier_parts(classifiers: list) -> list[str]:
+    """Where each classifier's training records go in the folder: `classifier/`, or `classifier/member_<i>/` for
+    the members of an ensemble."""
+    return ["classifier"] if len(classifiers) == 1 else [f"classifier/member_{i}" for i in range(len(classifiers))]
+
+
+def copy_records(source: str | Path, target: Path, names: tuple[str, ...]) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if (Path(source) / name).is_file():
+            shutil.copyfile(Path(source) / name, target / name)
+
+
+def classifier_markdown(folder: Path, indent: str) -> str:
+    """A trained classifier's command, summary and accuracy-by-timestep table, as the model card lists them."""
+    record = training_record(folder)
+    accuracy = folder / "accuracy_by_timestep.json"
     rows = json.loads(accuracy.read_text())["rows"] if accuracy.is_file() else []
     table = ["| t | accuracy |", "|---:|---:|"] + [f"| {r['timestep']} | {r['accuracy']:.3f} |" for r in rows]
+    summary = json.dumps({k: v for k, v in record.items() if k != "command"})
+    return (
+        f"Trained with:\n\n{indent}```bash\n{indent}{training_command(folder)}\n{indent}```\n\n{indent}Summary: "
+        f"`{summary}`. Accuracy on noisy test images by timestep:\n\n"
+        + ("\n".join(indent + line for line in table) if rows else f"{indent}(no accuracy table found)")
+    )
+
+
+def classifier_part(pipe: Any, classifiers: list) -> str:
+    """The model card's item for `classifier/`: one classifier, or an ensemble and each of its members."""
+
+    def params(module: Any) -> str:
+        return f"{sum(p.numel() for p in module.parameters()) / 1e3:.0f}k"
+
+    head = f"- `classifier/`: `{type(pipe.classifier).__name__}`, {params(pipe.classifier)} parameters"
+    code = "its code in `classifier/noise_aware_classifier.py`"
+    if len(classifiers) == 1:
+        return f"{head}, {code}. {classifier_markdown(Path(classifiers[0]), '  ')}"
+    lines = [
+        f"{head} in all, {code}: a product of {len(classifiers)} noise-aware classifiers (guidance follows the mean "
+        "of their log-probabilities). Their records are in `classifier/member_<i>/`."
+    ]
+    for i, (folder, member) in enumerate(zip(classifiers, pipe.classifier.members)):
+        channels = list(member.config.block_out_channels)
+        lines.append(f"  - member {i}, {params(member)} parameters, channels {channels}. ")
+        lines[-1] += classifier_markdown(Path(folder), "    ")
+    return "\n\n".join(lines)
+
+
+def card_fields(pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
+    unet_record = training_record(Path(args.diffusion_model))
     return {
         "sampler": type(pipe.scheduler).__name__,
         "guidance_method": pipe.default_guidance_method(),
         "classifier_scale": args.classifier_scale,
         "inference_steps": args.num_inference_steps,
         "unet_parameters": f"{sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.2f}M",
-        "classifier_parameters": f"{sum(p.numel() for p in pipe.classifier.parameters()) / 1e3:.0f}k",
         "unet_command": training_command(Path(args.diffusion_model)),
         "unet_summary": json.dumps({k: v for k, v in unet_record.items() if k != "command"}),
-        "classifier_command": training_command(Path(args.classifier)),
-        "classifier_summary": json.dumps({k: v for k, v in clf_record.items() if k != "command"}),
-        "accuracy_table": "\n".join(table) if rows else "(no accuracy table found)",
+        "classifier_part": classifier_part(pipe, args.classifier),
         "assemble_command": args.command,
         "results": Path(args.results).read_text() if args.results else "Not evaluated yet.",
     }
@@ -115,7 +159,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         prog=prog, description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     p.add_argument("--diffusion_model", required=True, help="saved diffusion pipeline folder (DDPMPipeline or CFG)")
-    p.add_argument("--classifier", required=True, help="saved NoiseAwareClassifier folder")
+    p.add_argument(
+        "--classifier",
+        required=True,
+        nargs="+",
+        help="saved NoiseAwareClassifier folder; several: guide with their product (a NoiseAwareClassifierEnsemble)",
+    )
     p.add_argument("--output_dir", required=True)
     p.add_argument("--sampler", choices=sorted(SAMPLERS), default=None, help="default: the diffusion model's own")
     p.add_argument("--classifier_scale", type=float_in(0.0), default=1.0, help="the pipeline's default scale")
@@ -128,9 +177,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace) -> None:
     """Everything that needs no model: both parts are folders, --output_dir is not a non-empty folder (without
     --overwrite), --results is a file; nothing is created here."""
-    for flag in ("diffusion_model", "classifier"):
-        if not Path(getattr(args, flag)).is_dir():
-            raise ValueError(f"--{flag} {getattr(args, flag)!r} is not a folder")
+    for flag, folder in [("diffusion_model", args.diffusion_model)] + [("classifier", c) for c in args.classifier]:
+        if not Path(folder).is_dir():
+            raise ValueError(f"--{flag} {folder!r} is not a folder")
     out = Path(args.output_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--output_dir {out} is a file, not a folder")

@@ -321,8 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "assemble-classifier-guided",
         add_help=False,
-        help="a classifier-guided pipeline folder from a trained diffusion model and a noise-aware classifier "
-        "(flags: --help)",
+        help="a classifier-guided pipeline folder from a trained diffusion model and one or more noise-aware "
+        "classifiers (flags: --help)",
     )
     return p
 
