@@ -37,7 +37,9 @@ def main() -> int:
     if cfg.guide_unet is None:
         print("error: the shipped model has no guide_unet", file=sys.stderr)
         return 2
-    classifier_folder = shipped_model_path("classifier-guided") / "classifier"
+    # the 214k-parameter noise-aware classifier the published frontier used (alone; the shipped classifier-guided
+    # folder has guided with a product of two classifiers since issue 22)
+    classifier_folder = shipped_model_path().parent / "mnist-noisy-classifier"
     classifier = NoiseAwareClassifier.from_pretrained(classifier_folder).eval()
     # the published frontier's sampler and interval (the model's defaults until gated CFG became its default); a
     # method that names its own steps (gated CFG, CFG at 14 steps) keeps them

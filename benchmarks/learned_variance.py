@@ -1,7 +1,7 @@
 """Learned vs fixed variance (issue 22): unguided ancestral DDPM FD at 25 and 50 steps and classifier guidance's
 default path (DDPM mean shift) for unconditional UNets with fixed and with learned variance.
 
-    python benchmarks/learned_variance.py --models src/condiff/assets/mnist-classifier-guided:fixed \
+    python benchmarks/learned_variance.py --models benchmarks/models/mnist-classifier-guided-fixed:fixed \
         out/mnist-uncond-lv:learned
 
 Writes benchmarks/results/learned_variance.{json,md,png}. The code is `lib/variance_benchmark.py`.

@@ -25,11 +25,15 @@ import classifier_guidance as cg_benchmark  # noqa: E402
 
 
 def test_shipped_default_is_the_mean_shift_and_runs():
+    """Since issue 22 the shipped UNet learned its variance: the default mean shift uses that Sigma, and the
+    classifier is the product of two noise-aware classifiers."""
     folder = shipped_model_path("classifier-guided")
-    assert json.loads((folder / "scheduler" / "scheduler_config.json").read_text())["variance_type"] == "fixed_small"
+    assert json.loads((folder / "scheduler" / "scheduler_config.json").read_text())["variance_type"] == "learned_range"
     pipe = ClassifierGuidedPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
-    assert type(pipe.scheduler).__name__ == "DDPMScheduler"
+    assert type(pipe.scheduler).__name__ == "DDPMScheduler" and pipe.unet.config.out_channels == 2
+    assert type(pipe.classifier).__name__ == "NoiseAwareClassifierEnsemble" and len(pipe.classifier.members) == 2
+    assert (pipe.config.default_num_inference_steps, pipe.config.default_classifier_scale) == (50, 4.75)
     assert pipe.default_guidance_method() == "mean_shift"
     assert pipe.check_guidance_method("mean_shift") == "mean_shift"  # `--guidance-method mean_shift` is accepted
     card = (folder / "README.md").read_text()

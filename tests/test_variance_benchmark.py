@@ -44,3 +44,18 @@ def test_rows_for_each_model_and_setting(learned, tmp_path):
 def test_a_folder_that_is_no_denoiser_is_refused_before_sampling(tmp_path, capsys):
     assert main(["--quick", "--models", str(tmp_path / "missing"), "--out-dir", str(tmp_path / "res")]) == 2
     assert "--models" in capsys.readouterr().err and not (tmp_path / "res" / "learned_variance.json").exists()
+
+
+def test_guided_rows_default_to_the_kept_fixed_variance_folder(learned, tmp_path, capsys):
+    """The guide is the folder shipped before issue 22 (fixed variance, s 5, 25 steps), kept in benchmarks/models;
+    a --guide that is no classifier-guided folder is refused before any sampling."""
+    from lib.variance_benchmark import REFERENCE_CG
+
+    index = json.loads((REFERENCE_CG / "model_index.json").read_text())
+    scheduler = json.loads((REFERENCE_CG / "scheduler" / "scheduler_config.json").read_text())
+    assert index["_class_name"] == "ClassifierGuidedPipeline" and scheduler["variance_type"] == "fixed_small"
+    assert (index["default_classifier_scale"], index["default_num_inference_steps"]) == (5.0, 25)
+    out = tmp_path / "res"
+    args = ["--quick", "--models", f"{learned}:lv", "--out-dir", str(out)]
+    assert main([*args, "--guide", str(learned)]) == 2
+    assert "--guide" in capsys.readouterr().err and not (out / "learned_variance.json").exists()

@@ -1,7 +1,7 @@
 """Benchmark of issue 22, learned vs fixed variance in sampling: for unconditional UNets (the shipped classifier-guided
-model's, with DDPM's fixed posterior variance, and one that learned its variance), the Frechet distance of unguided
-ancestral DDPM sampling at a few step counts, and classifier guidance's default path (DDPM mean shift with the
-shipped noise-aware classifier, whose Sigma is the learned one when the UNet has it). Its command line:
+model's until issue 22, with DDPM's fixed posterior variance, and one that learned its variance), the Frechet distance
+of unguided ancestral DDPM sampling at a few step counts, and classifier guidance's default path (DDPM mean shift with
+the `--guide` folder's noise-aware classifier, whose Sigma is the learned one when the UNet has it). Its command line:
 `benchmarks/learned_variance.py`."""
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from condiff.evaluation.reports import (
 from condiff.evaluation.scoring import evaluate_pipeline
 from lib.likelihood_benchmark import parse_model_spec
 
-SHIPPED_CG = "classifier-guided"
+# the guided rows' classifier, scale and steps: the classifier-guided folder shipped until issue 22 (fixed variance,
+# the 214k-parameter classifier, s 5, 25 steps), kept so that the published table reproduces
+REFERENCE_CG = Path(__file__).resolve().parents[1] / "models" / "mnist-classifier-guided-fixed"
 
 
 def guided_pipeline(folder: Path, base: Any) -> Any:
@@ -62,12 +64,14 @@ def run_variance_benchmark(
     guided_steps: int | None = None,
     device: str | None = None,
     log: Log = print,
+    guide: str | Path = REFERENCE_CG,
 ) -> dict[str, Any]:
     """Rows per (model, setting): unguided DDPM at each of `steps` (FD over the same-N floor) and the classifier-
-    guided default (accuracy, FD ratio). `models`: (folder, label) pairs. JSON-able."""
+    guided default (accuracy, FD ratio) with `guide`'s classifier (and its scale and steps unless given).
+    `models`: (folder, label) pairs. JSON-able."""
     from condiff.loading import load_pipeline
 
-    base = load_pipeline(None, None, device, pipeline=SHIPPED_CG)
+    base = load_pipeline(str(guide), None, device, pipeline="classifier-guided")
     scale = base.config.default_classifier_scale if classifier_scale is None else classifier_scale
     guided = guided_steps or base.config.default_num_inference_steps
     rows = []
@@ -83,7 +87,7 @@ def run_variance_benchmark(
             rows.append(row)
             log(f"{label} {name}: accuracy {row['accuracy']:.1%}, FD/floor {row['fd_ratio_matched']:.3f}")
     settings = {"steps": list(steps), "num_per_class": num_per_class, "batch_size": batch_size, "seed": seed,
-                "classifier_scale": scale, "guided_steps": guided}  # fmt: skip
+                "classifier_scale": scale, "guided_steps": guided, "guide": str(guide)}  # fmt: skip
     return {"benchmark": "learned_variance", "settings": settings, "machine": machine_info(device or "cpu"),
             "rows": rows}  # fmt: skip
 
@@ -109,9 +113,9 @@ def variance_markdown(report: dict[str, Any]) -> str:
         describe_machine(report["machine"]),
         "",
         f"{s['num_per_class'] * 10} samples per row (seed {s['seed']}), condiff's MNIST evaluator. Unguided rows: "
-        "accuracy is not meaningful (the labels are not used), FD is. Guided rows: the shipped noise-aware "
-        f"classifier, scale {s['classifier_scale']:g}, DDPM mean shift (x_(t-1) ~ N(mu + s Sigma g, Sigma), with the "
-        "UNet's Sigma when it learned one).",
+        "accuracy is not meaningful (the labels are not used), FD is. Guided rows: the noise-aware classifier of "
+        f"{Path(s.get('guide', 'the shipped folder')).name}, scale {s['classifier_scale']:g}, DDPM mean shift "
+        "(x_(t-1) ~ N(mu + s Sigma g, Sigma), with the UNet's Sigma when it learned one).",
         "",
         markdown_table(rows, COLUMNS),
         "",
@@ -138,8 +142,10 @@ def build_parser(default_out_dir: str | Path = "benchmarks/results") -> argparse
                    "DDPMPipeline or classifier-guided pipeline folder)")  # fmt: skip
     p.add_argument("--steps", type=int_in(1, 1000), nargs="+", default=[25, 50])
     p.add_argument("--num-per-class", type=int_in(1), default=100)
-    p.add_argument("--classifier-scale", type=float_in(0.0), default=None, help="default: the shipped model's")
-    p.add_argument("--guided-steps", type=int_in(1, 1000), default=None, help="default: the shipped model's")
+    p.add_argument("--guide", type=Path, default=REFERENCE_CG, help="the classifier-guided folder whose classifier "
+                   "guides (default: the one shipped before issue 22, benchmarks/models/)")  # fmt: skip
+    p.add_argument("--classifier-scale", type=float_in(0.0), default=None, help="default: the --guide folder's")
+    p.add_argument("--guided-steps", type=int_in(1, 1000), default=None, help="default: the --guide folder's")
     return p
 
 
@@ -156,8 +162,10 @@ def main(argv: list[str] | None = None, default_out_dir: str | Path = "benchmark
         models = [parse_model_spec(spec) for spec in args.models]
         for folder, _ in models:
             inspect_model(folder, None, "--models")  # every folder checked before any sampling
+        inspect_model(str(args.guide), "classifier-guided", "--guide")
         return run_variance_benchmark(models, args.steps, args.num_per_class, args.batch_size, args.seed,
-                                      args.classifier_scale, args.guided_steps, args.device)  # fmt: skip
+                                      args.classifier_scale, args.guided_steps, args.device,
+                                      guide=args.guide)  # fmt: skip
 
     return report_main(args, run, variance_markdown, plot_variance)
 
