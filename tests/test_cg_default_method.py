@@ -33,7 +33,7 @@ def test_shipped_default_is_the_mean_shift_and_runs():
     pipe.set_progress_bar_config(disable=True)
     assert type(pipe.scheduler).__name__ == "DDPMScheduler" and pipe.unet.config.out_channels == 2
     assert type(pipe.classifier).__name__ == "NoiseAwareClassifierEnsemble" and len(pipe.classifier.members) == 2
-    assert (pipe.config.default_num_inference_steps, pipe.config.default_classifier_scale) == (50, 4.75)
+    assert (pipe.config.default_num_inference_steps, pipe.config.default_classifier_scale) == (50, 4.9)
     assert pipe.default_guidance_method() == "mean_shift"
     assert pipe.check_guidance_method("mean_shift") == "mean_shift"  # `--guidance-method mean_shift` is accepted
     card = (folder / "README.md").read_text()

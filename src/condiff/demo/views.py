@@ -83,7 +83,7 @@ def classifier_guided_view(models: Models, stops: Stops) -> None:
     with gr.Row():
         label = label_box(config, extra=())
         method = gr.Radio(["by the sampler", "mean_shift", "score"], value="by the sampler", label="Method")
-        s = gr.Slider(0, 20, value=config.get("default_classifier_scale") or 5, step=0.5, label="Classifier scale s")
+        s = gr.Slider(0, 20, value=config.get("default_classifier_scale") or 5, step=0.05, label="Classifier scale s")
     gr.Markdown("**mean_shift**: shifts each ancestral (DDPM) step's mean; **score**: corrects the noise prediction, "
                 "any sampler.")  # fmt: skip
     with gr.Row():
