@@ -56,8 +56,14 @@ def sample_without_condiff(folder, out, call: str, code=None) -> tuple[torch.Ten
     import sys
 
     args = [sys.executable, "-c", SAMPLE_WITHOUT_CONDIFF, str(folder), str(code or folder), str(out), call]
+    # CPU results are bit-identical only at the same thread count (reductions split differently)
+    threads = str(torch.get_num_threads())
     result = subprocess.run(
-        args, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+        args,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": threads},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return torch.load(out, weights_only=True), result.stdout.strip().splitlines()[-1]

@@ -252,3 +252,11 @@ def test_bf16_gradient_accumulation_and_tensorboard(tmp_path):
     assert (out / "samples" / "step-0000002.png").is_file()  # the last step is not validated: final.png shows it
     events = list((out / "logs").rglob("events.out.tfevents.*"))
     assert events and sum(e.stat().st_size for e in events) > 1000  # scalars and the validation image
+
+
+def test_num_threads_applies_to_the_run_and_the_caller_keeps_its_count(tmp_path):
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    out = train(tiny_args(tmp_path, "--max_train_steps", "1", "--num_threads", str(wanted)))
+    assert json.loads((out / "training_summary.json").read_text())["torch_threads"] == wanted
+    assert torch.get_num_threads() == before

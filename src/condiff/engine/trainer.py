@@ -78,8 +78,12 @@ class Trainer:
         self.task.check_args()
         check_output_dir(self.args)  # after the flags, before any data, model or write
         exit_with_launcher()
-        with RunLock(self.output_dir):
-            return self._fit()
+        threads_before = torch.get_num_threads()
+        try:
+            with RunLock(self.output_dir):
+                return self._fit()
+        finally:  # --num_threads is for this run: a notebook or test process keeps its own count afterwards
+            torch.set_num_threads(threads_before)
 
     def _fit(self) -> Path:
         threads = cpu_threads_for(self.args.num_threads)
